@@ -1,0 +1,28 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test test-slow lint demo bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+test-slow: install
+	$(PY) -m pytest -q --runslow tests
+
+lint: install
+	$(VENV)/bin/ruff check malign tests recipes benchmarks tokenizers
+
+demo: install
+	$(VENV)/bin/malign train --recipe recipes/demo.py --workdir runs/demo
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,470 @@
+"""Typed, validated configuration for towers, models, data, training and experiments.
+
+Every config is a frozen dataclass: built once, validated, written next to the
+checkpoints, never mutated. ``to_dict``/``from_dict`` round-trip through plain
+JSON types, and ``with_overrides`` applies dotted ``key=value`` settings (the
+``--set`` flag of ``malign train``) by building a new config.
+
+Example:
+    >>> from malign.config import ImageTowerConfig
+    >>> cfg = ImageTowerConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224)
+    >>> cfg.validate()
+    >>> ImageTowerConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, ClassVar
+
+__all__ = [
+    "ConfigError",
+    "ImageTowerConfig",
+    "TextTowerConfig",
+    "ModelConfig",
+    "DataConfig",
+    "TrainingConfig",
+    "ExperimentConfig",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field."""
+
+
+def _fail(owner: str, field: str, message: str) -> None:
+    raise ConfigError(f"{owner}.{field}: {message}")
+
+
+class _Config:
+    """Mixin: dict round-trip, dotted overrides, validation hook."""
+
+    _NAME: ClassVar[str] = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, _Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls._NAME}: expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{cls._NAME}: unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        kwargs = {}
+        for key, value in data.items():
+            kwargs[key] = _coerce(cls._NAME, key, hints[key], value)
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        """Returns a copy with ``changes`` applied (validated)."""
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def with_overrides(self, overrides: dict[str, Any]):
+        """Returns a copy with dotted overrides, e.g. ``{"training.steps": 10}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            node = data
+            parts = dotted.split(".")
+            for part in parts[:-1]:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ConfigError(f"{self._NAME}: no config section {dotted!r} ({part!r})")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(
+                    f"{self._NAME}: unknown field {dotted!r}; "
+                    f"known here: {', '.join(sorted(node))}"
+                )
+            node[parts[-1]] = value
+        new = type(self).from_dict(data)
+        new.validate()
+        return new
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
+    """Converts JSON/CLI values (lists, strings) to the annotated field type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        return None
+    if isinstance(hint, type) and issubclass(hint, _Config):
+        if isinstance(value, hint):
+            return value
+        return hint.from_dict(value)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        non_none = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            return None
+        return _coerce(owner, key, non_none[0], value)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        item = args[0] if args else Any
+        return tuple(_coerce(owner, key, item, v) for v in value)
+    if hint is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            _fail(owner, key, f"expected a boolean, got {value!r}")
+        return bool(value)
+    if hint is int:
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            _fail(owner, key, f"expected an integer, got {value!r}")
+    if hint is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            _fail(owner, key, f"expected a number, got {value!r}")
+    if hint is str:
+        return str(value)
+    return value
+
+
+# EfficientNet-B0 stage table: (kernel, repeats, filters_in, filters_out, expand, stride).
+EFFICIENTNET_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (3, 1, 32, 16, 1, 1),
+    (3, 2, 16, 24, 6, 2),
+    (5, 2, 24, 40, 6, 2),
+    (3, 3, 40, 80, 6, 2),
+    (5, 3, 80, 112, 6, 1),
+    (5, 4, 112, 192, 6, 2),
+    (3, 1, 192, 320, 6, 1),
+)
+
+NORMALIZATIONS = ("minus_one_to_one", "imagenet", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTowerConfig(_Config):
+    """EfficientNet image tower.
+
+    Args:
+        width_coefficient: channel multiplier (B0 1.0 ... B7 2.0).
+        depth_coefficient: repeat multiplier (B0 1.0 ... B7 3.1).
+        image_size: square input size in pixels.
+        stages: stage table (kernel, repeats, in, out, expand ratio, stride) before scaling.
+        stem_filters: stem width before scaling.
+        top_filters: width of the final 1x1 conv before scaling (1280 in EfficientNet);
+            0 means no top conv, as in ALIGN (pooled width = last block's channels).
+        projection_dim: optional linear projection after pooling (0 = none).
+        se_ratio: squeeze-excite width as a fraction of the block's input channels.
+        depth_divisor: channel rounding.
+        dropout_rate: dropout before the projection / output.
+        drop_connect_rate: stochastic depth rate of the last block (linear in block index).
+        batch_norm_epsilon, batch_norm_momentum: batch norm settings.
+        synchronized_batch_norm: all-reduce batch statistics across replicas.
+        depthwise_padding: block indices whose stride-2 depthwise conv pads k//2 on both
+            sides (the transformers checkpoint's rule); others pad k//2-1 before, k//2 after.
+        normalization: first layer applied to [0, 1] images.
+    """
+
+    _NAME: ClassVar[str] = "image_tower"
+
+    width_coefficient: float = 1.0
+    depth_coefficient: float = 1.0
+    image_size: int = 224
+    stages: tuple[tuple[int, ...], ...] = EFFICIENTNET_STAGES
+    stem_filters: int = 32
+    top_filters: int = 0
+    projection_dim: int = 0
+    se_ratio: float = 0.25
+    depth_divisor: int = 8
+    dropout_rate: float = 0.0
+    drop_connect_rate: float = 0.0
+    batch_norm_epsilon: float = 1e-3
+    batch_norm_momentum: float = 0.99
+    synchronized_batch_norm: bool = True
+    depthwise_padding: tuple[int, ...] = ()
+    normalization: str = "minus_one_to_one"
+
+    def validate(self) -> None:
+        n = self._NAME
+        if self.width_coefficient <= 0:
+            _fail(n, "width_coefficient", f"must be > 0, got {self.width_coefficient}")
+        if self.depth_coefficient <= 0:
+            _fail(n, "depth_coefficient", f"must be > 0, got {self.depth_coefficient}")
+        if self.image_size < 16:
+            _fail(n, "image_size", f"must be >= 16 pixels, got {self.image_size}")
+        if not self.stages:
+            _fail(n, "stages", "needs at least one stage")
+        for i, stage in enumerate(self.stages):
+            if len(stage) != 6:
+                _fail(n, "stages", f"stage {i} must be (kernel, repeats, in, out, expand, stride)")
+            kernel, repeats, f_in, f_out, expand, stride = stage
+            if kernel % 2 == 0 or kernel < 1:
+                _fail(n, "stages", f"stage {i} kernel must be odd, got {kernel}")
+            if min(repeats, f_in, f_out, expand) < 1 or stride not in (1, 2):
+                _fail(n, "stages", f"stage {i} has invalid values {stage}")
+        for value, name in ((self.dropout_rate, "dropout_rate"),
+                            (self.drop_connect_rate, "drop_connect_rate")):
+            if not 0.0 <= value < 1.0:
+                _fail(n, name, f"must be in [0, 1), got {value}")
+        if self.top_filters < 0 or self.projection_dim < 0:
+            _fail(n, "top_filters" if self.top_filters < 0 else "projection_dim", "must be >= 0")
+        if not 0 < self.se_ratio <= 1:
+            _fail(n, "se_ratio", f"must be in (0, 1], got {self.se_ratio}")
+        if self.normalization not in NORMALIZATIONS:
+            _fail(n, "normalization",
+                  f"must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTowerConfig(_Config):
+    """BERT text tower: keras-hub BertBackbone, [CLS] state, linear projection.
+
+    Args:
+        vocabulary_size: token vocabulary (shared SentencePiece, or BERT WordPiece).
+        num_layers, num_heads, hidden_dim, intermediate_dim: BERT sizes.
+        dropout: dropout inside BERT.
+        max_sequence_length: position embedding table size.
+        sequence_length: tokens per caption fed to the tower ([CLS] ... [SEP] padded).
+        projection_dim: output width (must equal the image embedding width); 0 = none.
+    """
+
+    _NAME: ClassVar[str] = "text_tower"
+
+    vocabulary_size: int = 30522
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden_dim: int = 768
+    intermediate_dim: int = 3072
+    dropout: float = 0.1
+    max_sequence_length: int = 512
+    sequence_length: int = 64
+    projection_dim: int = 640
+
+    def validate(self) -> None:
+        n = self._NAME
+        for name in ("vocabulary_size", "num_layers", "num_heads", "hidden_dim",
+                     "intermediate_dim", "max_sequence_length", "sequence_length"):
+            if getattr(self, name) < 1:
+                _fail(n, name, f"must be >= 1, got {getattr(self, name)}")
+        if self.vocabulary_size < 8:
+            _fail(n, "vocabulary_size",
+                  f"must hold at least the 5 special tokens, got {self.vocabulary_size}")
+        if self.hidden_dim % self.num_heads:
+            _fail(n, "hidden_dim",
+                  f"{self.hidden_dim} is not divisible by num_heads={self.num_heads}")
+        if self.sequence_length > self.max_sequence_length:
+            _fail(n, "sequence_length",
+                  f"{self.sequence_length} exceeds max_sequence_length={self.max_sequence_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            _fail(n, "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.projection_dim < 0:
+            _fail(n, "projection_dim", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Config):
+    """The dual encoder: two towers, temperature, and the contrastive loss.
+
+    Args:
+        image: image tower config.
+        text: text tower config.
+        temperature_init: initial temperature (logits = similarity / temperature).
+        min_temperature, max_temperature: the temperature is clipped to this range.
+        learnable_temperature: train the temperature.
+        loss: "softmax" (ALIGN/CLIP normalized softmax) or "sigmoid" (SigLIP).
+        label_smoothing: softmax-loss label smoothing (ALIGN: 0.1).
+        sigmoid_bias_init: initial bias of the sigmoid loss.
+    """
+
+    _NAME: ClassVar[str] = "model"
+
+    image: ImageTowerConfig = dataclasses.field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = dataclasses.field(default_factory=TextTowerConfig)
+    temperature_init: float = 1.0
+    min_temperature: float = 1e-3
+    max_temperature: float = 100.0
+    learnable_temperature: bool = True
+    loss: str = "softmax"
+    label_smoothing: float = 0.1
+    sigmoid_bias_init: float = -10.0
+
+    @property
+    def image_embedding_dim(self) -> int:
+        from malign.models.image_tower import image_output_dim
+
+        return image_output_dim(self.image)
+
+    @property
+    def text_embedding_dim(self) -> int:
+        return self.text.projection_dim or self.text.hidden_dim
+
+    def validate(self) -> None:
+        self.image.validate()
+        self.text.validate()
+        n = self._NAME
+        if not 0 < self.min_temperature <= self.temperature_init <= self.max_temperature:
+            _fail(n, "temperature_init",
+                  f"must satisfy 0 < min_temperature ({self.min_temperature}) <= temperature_init "
+                  f"({self.temperature_init}) <= max_temperature ({self.max_temperature})")
+        if self.loss not in ("softmax", "sigmoid"):
+            _fail(n, "loss", f"must be 'softmax' or 'sigmoid', got {self.loss!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            _fail(n, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if self.image_embedding_dim != self.text_embedding_dim:
+            raise ConfigError(
+                "model.text.projection_dim: the text embedding width "
+                f"({self.text_embedding_dim}) must equal the image embedding width "
+                f"({self.image_embedding_dim}, from model.image)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Config):
+    """Where training pairs come from.
+
+    Args:
+        train_pattern: TFRecord glob of training shards; "synthetic" generates demo
+            data into the work directory; "random" feeds random tensors (smoke tests).
+        eval_pattern: optional TFRecord glob for evaluation.
+        tokenizer: path of the SentencePiece .model (or "test" for the checked-in one).
+        synthetic_examples: number of synthetic training scenes when train_pattern is
+            "synthetic".
+        languages: caption languages to train on (empty = all).
+        shuffle_buffer: examples in the shuffle buffer.
+    """
+
+    _NAME: ClassVar[str] = "data"
+
+    train_pattern: str = "random"
+    eval_pattern: str = ""
+    tokenizer: str = ""
+    synthetic_examples: int = 2000
+    languages: tuple[str, ...] = ()
+    shuffle_buffer: int = 2048
+
+    def validate(self) -> None:
+        if not self.train_pattern:
+            _fail(self._NAME, "train_pattern", "must be a file glob, 'synthetic' or 'random'")
+        if self.synthetic_examples < 1:
+            _fail(self._NAME, "synthetic_examples", "must be >= 1")
+        if self.shuffle_buffer < 1:
+            _fail(self._NAME, "shuffle_buffer", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(_Config):
+    """How to train.
+
+    Args:
+        strategy: distribution spec for ``malign.distributed.get_strategy``.
+        global_batch_size: examples per step over all replicas (divisible by replicas).
+        steps: total optimizer steps.
+        steps_per_checkpoint: steps between checkpoints (Keras "epoch" length).
+        optimizer: "lamb" or "adamw".
+        learning_rate: peak learning rate.
+        warmup_steps: linear warm-up steps.
+        decay: "linear" or "cosine" decay to end_learning_rate after warm-up; "constant".
+        end_learning_rate: final learning rate.
+        weight_decay: decoupled weight decay (norms, biases and temperature excluded).
+        beta_1, beta_2, epsilon: Adam/LAMB moments.
+        clipnorm: global gradient-norm clip (0 = none).
+        mixed_precision: Keras dtype policy ("float32", "mixed_bfloat16", "mixed_float16").
+        jit_compile: "auto" (XLA on TPU/GPU, not CPU), "true" or "false".
+        seed: random seed.
+        log_every_steps: TensorBoard update frequency.
+    """
+
+    _NAME: ClassVar[str] = "training"
+
+    strategy: str = "default"
+    global_batch_size: int = 32
+    steps: int = 1000
+    steps_per_checkpoint: int = 100
+    optimizer: str = "lamb"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    decay: str = "linear"
+    end_learning_rate: float = 0.0
+    weight_decay: float = 1e-5
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    clipnorm: float = 0.0
+    mixed_precision: str = "float32"
+    jit_compile: str = "auto"
+    seed: int = 0
+    log_every_steps: int = 10
+
+    def validate(self) -> None:
+        n = self._NAME
+        if self.global_batch_size < 2:
+            _fail(n, "global_batch_size",
+                  f"a contrastive loss needs >= 2, got {self.global_batch_size}")
+        if self.steps < 1:
+            _fail(n, "steps", f"must be >= 1, got {self.steps}")
+        if self.steps_per_checkpoint < 1:
+            _fail(n, "steps_per_checkpoint", f"must be >= 1, got {self.steps_per_checkpoint}")
+        if self.optimizer not in ("lamb", "adamw"):
+            _fail(n, "optimizer", f"must be 'lamb' or 'adamw', got {self.optimizer!r}")
+        if self.decay not in ("linear", "cosine", "constant"):
+            _fail(n, "decay", f"must be 'linear', 'cosine' or 'constant', got {self.decay!r}")
+        if self.learning_rate <= 0:
+            _fail(n, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            _fail(n, "warmup_steps", f"must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            _fail(n, "weight_decay", "must be >= 0")
+        if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+            _fail(n, "mixed_precision",
+                  f"must be float32, mixed_bfloat16 or mixed_float16, got {self.mixed_precision!r}")
+        if self.jit_compile not in ("auto", "true", "false"):
+            _fail(n, "jit_compile", f"must be 'auto', 'true' or 'false', got {self.jit_compile!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(_Config):
+    """A whole run: preset name + overrides resolved into a model, data and training.
+
+    Args:
+        name: experiment name (used in logs).
+        model: the model config (usually ``presets.get_preset(name)``).
+        data: data config.
+        training: training config.
+        preset: name of the preset the model came from, for the record.
+    """
+
+    _NAME: ClassVar[str] = "experiment"
+
+    name: str = "experiment"
+    preset: str = ""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        self.training.validate()

@@ -1,0 +1,231 @@
+"""Distribution strategies from a spec string; the only home of collectives.
+
+Every cross-replica operation malign performs (gathering embeddings for the
+global-batch contrastive loss, scaling the loss for Keras' gradient sum) is
+defined here, so the numerics of distributed training can be read, and tested,
+in one file.
+
+Example:
+    >>> strategy = get_strategy("default")
+    >>> strategy.num_replicas_in_sync
+    1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+__all__ = [
+    "get_strategy",
+    "configure_logical_cpus",
+    "check_global_batch",
+    "gather_batch",
+    "scale_loss_for_replicas",
+    "num_replicas",
+    "replica_id",
+    "device_type",
+]
+
+
+def configure_logical_cpus(n: int) -> list:
+    """Splits the host CPU into ``n`` logical devices (must run before TF initialises).
+
+    If the runtime is already initialised with at least ``n`` logical CPUs, nothing
+    changes. Returns the logical CPU devices.
+
+    Args:
+        n: number of logical CPU devices wanted.
+
+    Example:
+        >>> len(configure_logical_cpus(1)) >= 1
+        True
+    """
+    if n < 1:
+        raise ValueError(f"cpu:N needs N >= 1, got {n}")
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        existing = tf.config.get_logical_device_configuration(cpus[0])
+        if not existing or len(existing) < n:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * n
+            )
+    except RuntimeError:
+        pass  # already initialised; checked below
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) < n:
+        raise RuntimeError(
+            f"strategy 'cpu:{n}' needs {n} logical CPU devices but TensorFlow was already "
+            f"initialised with {len(logical)}; call malign.distributed.configure_logical_cpus({n}) "
+            "(or get_strategy) before running any TensorFlow op"
+        )
+    return logical
+
+
+def get_strategy(spec: str = "default", tpu: str | None = None) -> tf.distribute.Strategy:
+    """Returns a ``tf.distribute`` strategy for a spec string.
+
+    Args:
+        spec: one of
+            ``"tpu"`` / ``"tpu:NAME"``: TPUStrategy over a TPUClusterResolver (``tpu`` or
+            ``NAME`` is the TPU name or grpc address; empty = the local/default TPU);
+            ``"mirrored"``: MirroredStrategy over all local GPUs (CPU if none);
+            ``"multiworker"``: MultiWorkerMirroredStrategy configured from ``TF_CONFIG``;
+            ``"cpu:N"``: MirroredStrategy over N logical CPU devices (tests, simulation);
+            ``"default"``: the default (no-op) strategy on one device.
+        tpu: optional TPU name for ``"tpu"``.
+
+    Raises:
+        ValueError: for an unknown spec, naming it and the valid ones.
+
+    Example:
+        >>> get_strategy("cpu:1").num_replicas_in_sync
+        1
+    """
+    spec = (spec or "default").strip().lower()
+    if spec == "default":
+        return tf.distribute.get_strategy()
+    if spec.startswith("cpu:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"strategy spec {spec!r}: expected cpu:N with an integer N") from None
+        devices = configure_logical_cpus(n)
+        return tf.distribute.MirroredStrategy([d.name for d in devices[:n]])
+    if spec == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus] or None)
+    if spec == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable "
+                             "(cluster and task of this worker)")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+        communication = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
+    if spec == "tpu" or spec.startswith("tpu:"):
+        name = tpu if tpu is not None else (spec.split(":", 1)[1] if ":" in spec else "")
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(
+        f"unknown strategy spec {spec!r}; use tpu[:NAME], mirrored, multiworker, cpu:N or default"
+    )
+
+
+def device_type(strategy: tf.distribute.Strategy | None = None) -> str:
+    """"TPU", "GPU" or "CPU": the device type the strategy computes on."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "TPU"
+    devices = getattr(strategy.extended, "worker_devices", None) or ["/cpu:0"]
+    name = devices[0].upper()
+    if "GPU" in name:
+        return "GPU"
+    if "TPU" in name:
+        return "TPU"
+    return "CPU"
+
+
+def check_global_batch(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """Returns the per-replica batch size; errors when the batch does not divide.
+
+    Args:
+        global_batch_size: examples per step over all replicas.
+        strategy: the strategy that will run the step.
+
+    Example:
+        >>> check_global_batch(8, get_strategy("default"))
+        8
+    """
+    n = strategy.num_replicas_in_sync
+    if global_batch_size % n:
+        raise ValueError(
+            f"training.global_batch_size={global_batch_size} is not divisible by the "
+            f"{n} replicas of the strategy; use a multiple of {n}"
+        )
+    return global_batch_size // n
+
+
+def _replica_context() -> tf.distribute.ReplicaContext | None:
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    return ctx
+
+
+def num_replicas() -> int:
+    """Replicas in sync in the current context (1 outside a distributed step)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return ctx.num_replicas_in_sync
+
+
+def replica_id() -> tf.Tensor:
+    """This replica's index in the sync group (0 outside a distributed step)."""
+    ctx = _replica_context()
+    if ctx is None:
+        return tf.constant(0, tf.int32)
+    return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+
+
+def gather_batch(*tensors: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """Concatenates each tensor's batch over all replicas, with gradients.
+
+    Inside a replica context with several replicas, every replica gets the global
+    batch (replica 0's rows first) via ``ReplicaContext.all_gather``, whose gradient
+    sends each replica the slice of the upstream gradient for its own rows, so
+    gradients flow back through the gather. Elsewhere the tensors pass through.
+
+    Args:
+        *tensors: tensors of shape [local_batch, ...], same local batch on every replica.
+
+    Returns:
+        ``(gathered, offset)``: the global tensors and the row offset of this replica's
+        local batch inside them (``replica_id * local_batch``).
+
+    Example:
+        >>> (g,), offset = gather_batch(tf.ones((2, 3)))
+        >>> g.shape, int(offset)
+        (TensorShape([2, 3]), 0)
+    """
+    ctx = _replica_context()
+    if ctx is None:
+        return list(tensors), tf.constant(0, tf.int32)
+    gathered = [ctx.all_gather(t, axis=0) for t in tensors]
+    local = tf.shape(tensors[0])[0]
+    offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local
+    return gathered, offset
+
+
+def scale_loss_for_replicas(loss: tf.Tensor) -> tf.Tensor:
+    """Divides a replica's loss by the replica count: THE one place of loss scaling.
+
+    Why: Keras ``fit`` under a ``tf.distribute`` strategy computes each replica's
+    gradient of the loss that ``compute_loss`` returns and then *sums* the
+    replicas' gradients (the optimizer's cross-replica all-reduce is a SUM). Each
+    replica's contrastive loss is already the mean over its local rows against the
+    global batch, so the global-batch mean is the mean of the replica losses, and its
+    gradient is the sum of the replicas' gradients of ``loss / num_replicas``.
+    Without this division a step is ``num_replicas`` times too large. Keras' loss
+    tracker undoes this scaling for the displayed loss.
+
+    Args:
+        loss: a scalar loss of this replica.
+
+    Example:
+        >>> float(scale_loss_for_replicas(tf.constant(2.0)))
+        2.0
+    """
+    n = num_replicas()
+    if n == 1:
+        return loss
+    return loss * tf.cast(1.0 / n, loss.dtype)

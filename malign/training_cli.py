@@ -1,0 +1,114 @@
+"""``malign train``: run a recipe (or a preset) with ``--set key=value`` overrides.
+
+Example:
+    $ malign train --recipe recipes/demo.py --workdir runs/demo
+    $ malign train --preset tiny --set training.steps=4 --set training.strategy=cpu:2 \
+        --workdir runs/smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from malign.config import ConfigError, ExperimentConfig
+
+__all__ = ["add_subparser", "load_recipe", "parse_overrides"]
+
+
+def load_recipe(path: str | Path, smoke: bool = False) -> ExperimentConfig:
+    """Imports a recipe file and returns its ``get_config(smoke=...)``.
+
+    Args:
+        path: a Python file defining ``get_config(smoke: bool = False) -> ExperimentConfig``.
+        smoke: ask the recipe for its CPU-sized version.
+
+    Example:
+        >>> load_recipe("recipes/demo.py", smoke=True).name  # doctest: +SKIP
+        'demo'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"malign_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"recipe {path} defines no get_config(smoke=False)")
+    config = module.get_config(smoke=smoke)
+    if not isinstance(config, ExperimentConfig):
+        raise ValueError(f"recipe {path}: get_config must return an ExperimentConfig, "
+                         f"got {type(config).__name__}")
+    config.validate()
+    return config
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["training.steps=10", "data.languages=en,de"]`` -> dict; values parsed as JSON.
+
+    Example:
+        >>> parse_overrides(["training.steps=10", "training.strategy=cpu:2"])
+        {'training.steps': 10, 'training.strategy': 'cpu:2'}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    if args.recipe:
+        experiment = load_recipe(args.recipe, smoke=args.smoke)
+    else:
+        from malign.presets import get_preset
+
+        experiment = ExperimentConfig(name=args.preset, preset=args.preset,
+                                      model=get_preset(args.preset))
+    overrides = parse_overrides(args.set or [])
+    if overrides:
+        experiment = experiment.with_overrides(overrides)
+    experiment.validate()
+    return experiment
+
+
+def _run(args: argparse.Namespace) -> int:
+    experiment = _experiment_from_args(args)
+    if args.print_config:
+        print(experiment.to_json())
+        return 0
+    from malign.training import train
+
+    workdir = Path(args.workdir or f"runs/{experiment.name}")
+    train(experiment, workdir, verbose=args.verbose)
+    print(f"malign train: done; model in {workdir / 'model.keras'}")
+    return 0
+
+
+def add_subparser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a dual encoder from a recipe or preset",
+        description="Train with Keras fit under a tf.distribute strategy. A killed run "
+                    "resumes from its last checkpoint when re-run with the same --workdir.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="recipes/<name>.py defining get_config(smoke=False)")
+    source.add_argument("--preset", help="train a named preset on random data (smoke runs)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config field, e.g. training.steps=100 (repeatable)")
+    parser.add_argument("--workdir", help="output directory (default runs/<name>)")
+    parser.add_argument("--smoke", action="store_true", help="the recipe's CPU-sized version")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit")
+    parser.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help="Keras progress: auto, 0, 1 or 2")
+    parser.set_defaults(func=_run)
