@@ -27,6 +27,7 @@ __all__ = [
     "num_replicas",
     "replica_id",
     "device_type",
+    "logs_for_keras_reduce",
 ]
 
 
@@ -229,3 +230,23 @@ def scale_loss_for_replicas(loss: tf.Tensor) -> tf.Tensor:
     if n == 1:
         return loss
     return loss * tf.cast(1.0 / n, loss.dtype)
+
+
+def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def logs_for_keras_reduce(logs: dict) -> dict:
+    """Makes a train/test step's scalar logs reducible by Keras under multi-worker.
+
+    Keras 3.15 reduces step outputs under MultiWorkerMirroredStrategy with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on the scalar metric
+    results every step returns. As 1-element vectors they reduce to the mean over
+    replicas, which is what Keras does for the other strategies. Elsewhere the logs
+    pass through unchanged.
+    """
+    if not _is_multi_worker(tf.distribute.get_strategy()):
+        return logs
+    return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None
+            and v.shape.rank == 0 else v for k, v in logs.items()}

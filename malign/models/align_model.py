@@ -167,6 +167,27 @@ class AlignModel(keras.Model):
         return logits
 
     # -- training -------------------------------------------------------------------
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the optimizer without touching data (overrides a Keras 3 internal).
+
+        Keras 3.15 ``fit`` under a strategy takes the first distributed batch and
+        all-reduces it (MEAN) to build the model symbolically. Under
+        MultiWorkerMirroredStrategy that reduce fails on a dict batch, and it cannot
+        average int tensors anywhere. AlignModel is fully built at construction, so
+        only the optimizer needs building, which needs no data.
+        """
+        del iterator, data_batch
+        if getattr(self, "_distribute_strategy", None) is None:
+            return
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=None)
+
+    def train_step(self, data):
+        return distributed.logs_for_keras_reduce(super().train_step(data))
+
+    def test_step(self, data):
+        return distributed.logs_for_keras_reduce(super().test_step(data))
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The contrastive loss of this replica, scaled for Keras' gradient sum."""
         del y, sample_weight

@@ -1,0 +1,163 @@
+"""Distributed numerics: N replicas (or 2 workers) equal one device on the global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from distributed_helpers import flat_weights, make_batch
+
+import malign
+from malign import distributed
+
+GLOBAL_BATCH = 8
+LR = 0.5
+HERE = Path(__file__).resolve().parent
+
+
+def _build(strategy, init_weights):
+    with strategy.scope():
+        model = malign.AlignModel.from_preset("tiny")
+        model.compile(optimizer=keras.optimizers.SGD(LR))
+    model.set_weights(init_weights)
+    return model
+
+
+def _gradients(strategy, model, batch):
+    """Summed replica gradients of the loss that fit differentiates, and the loss."""
+    dist = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(batch).batch(GLOBAL_BATCH))
+    inputs = next(iter(dist))
+
+    @tf.function
+    def run(x):
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(x, y_pred=model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            return [tf.convert_to_tensor(g) for g in grads], loss
+
+        grads, loss = strategy.run(step, args=(x,))
+        reduce = lambda t: strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)  # noqa: E731
+        return [reduce(g) for g in grads], reduce(loss)
+
+    grads, loss = run(inputs)
+    return [g.numpy() for g in grads], float(loss)
+
+
+def _fit_one_step(strategy, model, batch):
+    dist = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(batch).batch(GLOBAL_BATCH).repeat())
+    history = model.fit(dist, epochs=1, steps_per_epoch=1, verbose=0)
+    return history.history["loss"][0], flat_weights(model)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Single device on the global batch: initial weights, gradients, loss, stepped weights."""
+    keras.utils.set_random_seed(1)
+    init = malign.AlignModel.from_preset("tiny").get_weights()
+    batch = make_batch(GLOBAL_BATCH)
+    strategy = distributed.get_strategy("default")
+    grads, loss = _gradients(strategy, _build(strategy, init), batch)
+    fit_loss, weights = _fit_one_step(strategy, _build(strategy, init), batch)
+    return dict(init=init, batch=batch, grads=grads, loss=loss, fit_loss=fit_loss,
+                weights=weights)
+
+
+def _assert_weights_equal(got: dict, want: dict):
+    assert set(got) == set(want)
+    worst = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
+    assert worst <= 1e-5, f"max abs weight difference {worst}"
+
+
+def test_four_replicas_equal_single_device(reference):
+    # One device set per process: TensorFlow's collective group keys clash when
+    # MirroredStrategies over different device sets run collectives in one process.
+    strategy = distributed.get_strategy("cpu:4")
+    assert strategy.num_replicas_in_sync == 4
+    grads, loss = _gradients(strategy, _build(strategy, reference["init"]), reference["batch"])
+    assert abs(loss - reference["loss"]) <= 1e-5
+    for got, want in zip(grads, reference["grads"]):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # The step must move the weights, or the comparison below proves nothing.
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(reference["init"], reference["weights"].values()))
+    assert moved > 1e-3
+    fit_loss, weights = _fit_one_step(strategy, _build(strategy, reference["init"]),
+                                      reference["batch"])
+    assert abs(fit_loss - reference["fit_loss"]) <= 1e-5
+    _assert_weights_equal(weights, reference["weights"])
+
+
+def test_without_loss_scaling_the_step_is_n_times_too_large(reference, monkeypatch):
+    """Guards the one place of loss scaling: removing it breaks equivalence."""
+    monkeypatch.setattr(malign.models.align_model.distributed, "scale_loss_for_replicas",
+                        lambda loss: loss)
+    strategy = distributed.get_strategy("cpu:4")
+    grads, _ = _gradients(strategy, _build(strategy, reference["init"]), reference["batch"])
+    ratio = np.linalg.norm(grads[-1]) / np.linalg.norm(reference["grads"][-1])
+    assert ratio == pytest.approx(4.0, rel=1e-4)
+
+
+def test_batch_not_divisible_names_field():
+    strategy = distributed.get_strategy("cpu:4")
+    with pytest.raises(ValueError, match="global_batch_size=6.*4 replicas"):
+        distributed.check_global_batch(6, strategy)
+
+
+def test_unknown_strategy_spec():
+    with pytest.raises(ValueError, match="unknown strategy spec 'gpu-cluster'"):
+        distributed.get_strategy("gpu-cluster")
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_equal_single_device(reference, tmp_path):
+    """Two processes with MultiWorkerMirroredStrategy on loopback, each with half a batch."""
+    init_path = tmp_path / "init.weights.h5"
+    model = malign.AlignModel.from_preset("tiny")
+    model.set_weights(reference["init"])
+    model.save_weights(init_path)
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ)
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
+                                       "task": {"type": "worker", "index": index}})
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        out = tmp_path / f"worker{index}.npz"
+        procs.append((out, subprocess.Popen(
+            [sys.executable, str(HERE / "distributed_worker.py"), str(init_path), str(out),
+             str(GLOBAL_BATCH)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for _out, proc in procs:
+        try:
+            log, _ = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for _, p in procs:
+                p.kill()
+            pytest.fail("multi-worker run timed out")
+        assert proc.returncode == 0, log[-3000:]
+    for out, _ in procs:
+        result = dict(np.load(out))
+        loss = float(result.pop("__loss__"))
+        result.pop("__task__")
+        assert abs(loss - reference["fit_loss"]) <= 1e-5
+        _assert_weights_equal(result, reference["weights"])
