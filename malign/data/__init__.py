@@ -1,0 +1,77 @@
+"""Image–text records and the input pipeline.
+
+- :mod:`malign.data.schema`: the TFRecord schema (image bytes, id, format, captions, langs).
+- :mod:`malign.data.writer`: writing shards from caption rows, skipping and counting bad rows.
+- :mod:`malign.data.multi30k`: Multi30K in its own layout (task1 and task2).
+- :mod:`malign.data.synthetic`: drawn scenes with en/de/fr/cs captions for the demo.
+- :mod:`malign.data.preprocess`: decode and ALIGN crops, pure TF ops.
+- :mod:`malign.data.pipeline`: :func:`make_dataset` and :func:`read_eval_split`.
+
+``malign data build|multi30k|synthetic|inspect`` are the command-line front ends.
+
+Example:
+    >>> import malign
+    >>> malign.data.write_synthetic("/tmp/malign-demo/train", 64, verbose=False)
+    ... # doctest: +SKIP
+    >>> tok = malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), 16)
+    >>> ds = malign.data.make_dataset("/tmp/malign-demo/train", tok, 64, 8)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from malign.data.multi30k import multi30k_rows, write_multi30k
+from malign.data.pipeline import (
+    DEFAULT_SHUFFLE_BUFFER,
+    DROP_REASONS,
+    DropCounter,
+    EvalSplit,
+    list_files,
+    make_dataset,
+    read_eval_split,
+)
+from malign.data.preprocess import (
+    EVAL_RESIZE_RATIO,
+    decode_and_crop,
+    decode_image,
+    eval_crop,
+    train_crop,
+)
+from malign.data.schema import FEATURES, ImageTextExample, parse_record, shard_pattern
+from malign.data.synthetic import synthetic_examples, write_synthetic
+from malign.data.writer import (
+    CaptionRow,
+    RecordWriter,
+    WriteStats,
+    read_rows,
+    write_examples,
+    write_rows,
+)
+
+__all__ = [
+    "DEFAULT_SHUFFLE_BUFFER",
+    "DROP_REASONS",
+    "EVAL_RESIZE_RATIO",
+    "FEATURES",
+    "CaptionRow",
+    "DropCounter",
+    "EvalSplit",
+    "ImageTextExample",
+    "RecordWriter",
+    "WriteStats",
+    "decode_and_crop",
+    "decode_image",
+    "eval_crop",
+    "list_files",
+    "make_dataset",
+    "multi30k_rows",
+    "parse_record",
+    "read_eval_split",
+    "read_rows",
+    "shard_pattern",
+    "synthetic_examples",
+    "train_crop",
+    "write_examples",
+    "write_multi30k",
+    "write_rows",
+    "write_synthetic",
+]

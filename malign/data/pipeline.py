@@ -1,0 +1,533 @@
+"""The tf.data input pipeline: TFRecord shards in, model-ready batches out.
+
+:func:`make_dataset` reads shards with a parallel interleave, shards them per input pipeline
+(multi-worker, TPU hosts), decodes and crops images, picks one caption per image per epoch,
+tokenizes in the graph, batches with static shapes and prefetches; it yields exactly the
+dicts ``AlignModel.fit`` consumes. :func:`read_eval_split` prepares an evaluation set: images
+once each, and every caption with the index of its image.
+
+Bad records never stop a run and are never silent. Before decoding, each record is screened:
+an image that is not a complete JPEG/PNG file is dropped ("undecodable image"), captions that
+are empty or not valid UTF-8 are ignored, and a record left without a caption is dropped
+("no usable caption", or "no caption in languages" when a language filter removed them all).
+An image that passes the screen but still fails to decode is dropped too. Each drop is
+counted and logged to stderr with the running totals (every drop up to 10, then at powers of
+two); pass a :class:`DropCounter` to read the totals from Python.
+
+Example:
+    >>> import malign
+    >>> tok = malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), 16)
+    >>> ds = make_dataset("records/train-*.tfrecord", tok, image_size=64,
+    ...                   global_batch_size=32)  # doctest: +SKIP
+    >>> batch = next(iter(ds))  # doctest: +SKIP
+    >>> batch["image"].shape, batch["token_ids"].shape  # doctest: +SKIP
+    (TensorShape([32, 64, 64, 3]), TensorShape([32, 16]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from malign.data import schema
+from malign.data.preprocess import decode_and_crop, decode_image, image_bytes_ok
+
+#: Records held for shuffling; memory is about this times the mean encoded image size.
+DEFAULT_SHUFFLE_BUFFER = 4096
+#: Why a record is dropped, in the order of :class:`DropCounter` slots 1..3.
+DROP_REASONS = ("undecodable image", "no usable caption", "no caption in languages")
+_OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE = 0, 1, 2, 3
+# Count slots: records read, the three drop reasons, captions ignored inside kept records.
+_SLOTS = ("records read",) + DROP_REASONS + ("captions ignored",)
+
+
+class DropCounter:
+    """Totals of what a pipeline read and dropped, readable from Python.
+
+    The counts live in a ``tf.Variable`` that the pipeline increments; create the counter
+    outside any ``strategy.scope()`` (a variable created inside would be distributed).
+
+    Example:
+        >>> counter = DropCounter()
+        >>> counter.as_dict()["records read"]
+        0
+        >>> counter.summary()
+        'read 0 records; dropped 0: 0 undecodable image, 0 no usable caption, ...'
+    """
+
+    def __init__(self) -> None:
+        with tf.init_scope():
+            self.counts = tf.Variable(
+                tf.zeros([len(_SLOTS)], tf.int64), trainable=False, name="malign_drop_counts"
+            )
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"records read": n, "undecodable image": k, ..., "captions ignored": e}``."""
+        return dict(zip(_SLOTS, (int(v) for v in self.counts.numpy())))
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped for any reason."""
+        counts = self.as_dict()
+        return sum(counts[r] for r in DROP_REASONS)
+
+    def summary(self) -> str:
+        """One line: records read, dropped by reason, captions ignored."""
+        c = self.as_dict()
+        reasons = ", ".join(f"{c[r]} {r}" for r in DROP_REASONS)
+        return (
+            f"read {c['records read']} records; dropped {self.dropped}: {reasons}; "
+            f"{c['captions ignored']} empty or invalid captions ignored"
+        )
+
+    def __repr__(self) -> str:
+        return f"DropCounter({self.summary()})"
+
+
+def list_files(file_pattern: str | Sequence[str]) -> list[str]:
+    """Expands glob patterns (any ``tf.io.gfile`` file system) into a sorted file list.
+
+    Args:
+        file_pattern: a pattern, a list of patterns/files, or a shard prefix written by
+            malign (``out/train`` means ``out/train-*-of-*.tfrecord``).
+
+    Raises:
+        FileNotFoundError: when nothing matches.
+
+    Example:
+        >>> list_files("/nonexistent/*.tfrecord")  # doctest: +SKIP
+        Traceback (most recent call last):
+        FileNotFoundError: no TFRecord files match /nonexistent/*.tfrecord
+    """
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files: set[str] = set()
+    for pattern in patterns:
+        pattern = str(pattern)
+        matched = tf.io.gfile.glob(pattern)
+        if not matched and not any(ch in pattern for ch in "*?["):
+            matched = tf.io.gfile.glob(schema.shard_pattern(pattern))
+        files.update(m for m in matched if not tf.io.gfile.isdir(m))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {file_pattern}")
+    return sorted(files)
+
+
+def _screen(serialized: tf.Tensor, languages: tf.Tensor | None) -> dict[str, tf.Tensor]:
+    """Parses a record and decides, without decoding the image, whether it is usable."""
+    ex = schema.parse_record(serialized)
+    texts, langs = ex[schema.CAPTION_TEXT], ex[schema.CAPTION_LANG]
+    nonempty = tf.strings.length(tf.strings.strip(texts)) > 0
+    utf8 = tf.equal(
+        tf.strings.unicode_transcode(
+            texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+        ),
+        texts,
+    )
+    valid = nonempty & utf8
+    if languages is None:
+        wanted = tf.ones_like(valid)
+    else:
+        wanted = tf.reduce_any(tf.equal(langs[:, None], languages[None, :]), axis=1)
+    usable = valid & wanted
+    image_ok = image_bytes_ok(ex[schema.IMAGE_ENCODED])
+    reason = tf.case(
+        [
+            (tf.logical_not(image_ok), lambda: tf.constant(_BAD_IMAGE)),
+            (tf.logical_not(tf.reduce_any(valid)), lambda: tf.constant(_NO_CAPTION)),
+            (tf.logical_not(tf.reduce_any(usable)), lambda: tf.constant(_NO_LANGUAGE)),
+        ],
+        default=lambda: tf.constant(_OK),
+    )
+    return {
+        "encoded": ex[schema.IMAGE_ENCODED],
+        "id": ex[schema.IMAGE_ID],
+        "texts": texts,
+        "langs": langs,
+        "usable": usable,
+        "reason": reason,
+        # Invalid captions among the wanted languages of a record that is kept.
+        "ignored": tf.where(
+            tf.equal(reason, _OK),
+            tf.reduce_sum(tf.cast(wanted & tf.logical_not(valid), tf.int64)),
+            tf.constant(0, tf.int64),
+        ),
+    }
+
+
+def _should_log(n: tf.Tensor) -> tf.Tensor:
+    return (n <= 10) | (tf.bitwise.bitwise_and(n, n - 1) == 0)
+
+
+def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None) -> Callable:
+    """A ``Dataset.scan`` function that counts drops (incl. elements removed by
+    ``ignore_errors``, seen as gaps in the enumeration) and logs them."""
+    lang_note = f" {list(languages)}" if languages else ""
+
+    def step(state, element):
+        index, item = element
+        counts, next_index = state[:-1], state[-1]
+        failed = index - next_index  # records that raised while decoding
+        reason = item["reason"]
+        delta = tf.stack(
+            [
+                failed + 1,
+                failed + tf.cast(tf.equal(reason, _BAD_IMAGE), tf.int64),
+                tf.cast(tf.equal(reason, _NO_CAPTION), tf.int64),
+                tf.cast(tf.equal(reason, _NO_LANGUAGE), tf.int64),
+                item["ignored"],
+            ]
+        )
+        new_counts = counts + delta
+        before, after = tf.reduce_sum(counts[1:4]), tf.reduce_sum(new_counts[1:4])
+
+        def log() -> tf.Tensor:
+            what = tf.strings.join(
+                [
+                    "dropped record '",
+                    item["id"],
+                    "' (",
+                    tf.gather(tf.constant(("",) + DROP_REASONS), reason),
+                    ")",
+                ]
+            )
+            what = tf.cond(
+                failed > 0,
+                lambda: tf.strings.join(
+                    [tf.strings.as_string(failed), " record(s) failed to decode"]
+                ),
+                lambda: what,
+            )
+            tf.print(
+                "malign.data:", what, "| so far: read", new_counts[0], "records, dropped",
+                after, "(", new_counts[1], "undecodable image,", new_counts[2],
+                "no usable caption,", new_counts[3], f"no caption in languages{lang_note})",
+                output_stream=sys.stderr,
+            )
+            return tf.constant(True)
+
+        tf.cond((after > before) & _should_log(after), log, lambda: tf.constant(False))
+        if counter is not None:
+            counter.counts.assign_add(delta)
+        new_state = tf.concat([new_counts, tf.reshape(index + 1, [1])], axis=0)
+        return new_state, (item, tf.equal(reason, _OK))
+
+    return step
+
+
+def _record_stream(
+    files: list[str],
+    training: bool,
+    repeat: bool,
+    input_context: tf.distribute.InputContext | None,
+    seed: int | None,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    if num_pipelines > 1 and len(files) >= num_pipelines:
+        files = files[pipeline_id::num_pipelines]
+    elif num_pipelines > 1:
+        # Fewer files than pipelines: every pipeline reads all files in the same order and
+        # keeps every num_pipelines-th record, so the pipelines see disjoint records.
+        records = tf.data.TFRecordDataset(files).shard(num_pipelines, pipeline_id)
+        return records.repeat() if repeat else records
+    file_ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        file_ds = file_ds.repeat()
+    return file_ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=4 << 20),
+        cycle_length=min(len(files), 16),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def make_dataset(
+    file_pattern: str | Sequence[str],
+    tokenizer: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+    image_size: int,
+    global_batch_size: int,
+    training: bool = True,
+    input_context: tf.distribute.InputContext | None = None,
+    languages: Sequence[str] | None = None,
+    seed: int | None = None,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    repeat: bool | None = None,
+    counter: DropCounter | None = None,
+) -> tf.data.Dataset:
+    """Builds the input pipeline over malign TFRecord shards.
+
+    Training (``training=True``) yields ``{"image": float32 [b, S, S, 3] in [0, 1],
+    "token_ids": int32 [b, L], "padding_mask": int32 [b, L]}`` with fully static shapes
+    (``drop_remainder=True``): each time an image comes round (once per epoch) one of its
+    captions is drawn at random, the image gets ALIGN's random crop and flip. It repeats
+    forever unless ``repeat=False``.
+
+    Evaluation (``training=False``) yields the same keys, one element per (image, caption)
+    pair, centre-cropped, in record order, without dropping the last partial batch and
+    without repeating.
+
+    Args:
+        file_pattern: glob(s) of TFRecord shards, or a shard prefix.
+        tokenizer: maps a rank-1 string tensor to ``{"token_ids", "padding_mask"}`` with a
+            static sequence length, e.g. :class:`malign.text.SentencePieceTokenizer`.
+        image_size: side ``S`` of the square images.
+        global_batch_size: the batch over all replicas. With ``input_context`` each
+            pipeline yields ``input_context.get_per_replica_batch_size(global_batch_size)``.
+        training: training or evaluation behaviour (see above).
+        input_context: from ``strategy.distribute_datasets_from_function``; files are split
+            between input pipelines by ``input_pipeline_id`` (records, when there are fewer
+            files than pipelines).
+        languages: keep only captions in these languages (None keeps all).
+        seed: makes shuffling, caption choice and crops reproducible (and the element
+            order deterministic); None draws a fresh seed.
+        shuffle_buffer: records held for shuffling in training.
+        repeat: repeat forever; defaults to ``training``.
+        counter: a :class:`DropCounter` to accumulate the read/drop totals in.
+
+    Returns:
+        A ``tf.data.Dataset`` of dicts as described.
+
+    Example:
+        >>> import malign
+        >>> tok = malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), 32)
+        >>> ds = make_dataset("demo/train", tok, image_size=64,
+        ...                   global_batch_size=64)  # doctest: +SKIP
+        >>> strategy = tf.distribute.MirroredStrategy()  # doctest: +SKIP
+        >>> dist = strategy.distribute_datasets_from_function(
+        ...     lambda ctx: make_dataset("demo/train", tok, 64, 64, input_context=ctx)
+        ... )  # doctest: +SKIP
+    """
+    files = list_files(file_pattern)
+    if image_size < 1 or global_batch_size < 1:
+        raise ValueError(
+            f"image_size and global_batch_size must be positive, got {image_size}, "
+            f"{global_batch_size}"
+        )
+    batch_size = (
+        input_context.get_per_replica_batch_size(global_batch_size)
+        if input_context
+        else global_batch_size
+    )
+    repeat = training if repeat is None else repeat
+    deterministic = seed is not None
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    base_seed = random.SystemRandom().randrange(1 << 62) if seed is None else int(seed)
+    base_seed = (base_seed + 1_000_003 * pipeline_id) % (1 << 62)
+    shuffle_seed = None if seed is None else base_seed
+    lang_tensor = tf.constant(list(languages), tf.string) if languages else None
+
+    ds = _record_stream(files, training, repeat, input_context, shuffle_seed, deterministic)
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda r: _screen(r, lang_tensor),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    ds = ds.enumerate()
+
+    def decode(index: tf.Tensor, item: dict[str, tf.Tensor]):
+        element_seed = tf.stack([tf.constant(base_seed, tf.int64), index])
+        image = tf.cond(
+            tf.equal(item["reason"], _OK),
+            lambda: decode_and_crop(item["encoded"], image_size, training, element_seed),
+            lambda: tf.zeros([image_size, image_size, 3], tf.float32),
+        )
+        out = {
+            "id": item["id"],
+            "reason": item["reason"],
+            "ignored": item["ignored"],
+            "image": image,
+        }
+        candidates = tf.boolean_mask(item["texts"], item["usable"])
+        if training:
+            pick_seed = tf.random.experimental.stateless_fold_in(element_seed, 11)
+            count = tf.maximum(tf.size(candidates), 1)
+            k = tf.random.stateless_uniform([], pick_seed, 0, count, dtype=tf.int32)
+            out["caption"] = tf.concat([candidates, [""]], axis=0)[k]
+        else:
+            out["captions"] = candidates
+        return index, out
+
+    # Ordered, so that records removed by ignore_errors show up as gaps in the enumeration.
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    initial = tf.zeros([len(_SLOTS) + 1], tf.int64)
+    ds = ds.scan(initial, _count_and_log(counter, languages))
+    ds = ds.filter(lambda item, keep: keep)
+    if training:
+        ds = ds.map(lambda item, keep: {"image": item["image"], "caption": item["caption"]})
+    else:
+        ds = ds.flat_map(
+            lambda item, keep: tf.data.Dataset.from_tensor_slices(
+                {
+                    "image": tf.repeat(item["image"][None], tf.size(item["captions"]), axis=0),
+                    "caption": item["captions"],
+                }
+            )
+        )
+    ds = ds.batch(batch_size, drop_remainder=training)
+
+    def tokenize(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        tokens = tokenizer(batch["caption"])
+        return {
+            "image": batch["image"],
+            "token_ids": tf.cast(tokens["token_ids"], tf.int32),
+            "padding_mask": tf.cast(tokens["padding_mask"], tf.int32),
+        }
+
+    ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if input_context is not None:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+        ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass
+class EvalSplit:
+    """An evaluation set: each image once, each caption once with its image's index.
+
+    Args:
+        images: float32 ``[b, S, S, 3]`` batches in record order (centre crop).
+        image_ids: the id of each image, in the same order.
+        captions: every usable caption.
+        caption_langs: the language of each caption.
+        text_to_image: ``text_to_image[j]`` is the index of the image of caption ``j``.
+        dropped: records dropped (undecodable image, no usable caption).
+        drop_reasons: records dropped per reason, and captions ignored.
+    """
+
+    images: tf.data.Dataset
+    image_ids: list[str]
+    captions: list[str]
+    caption_langs: list[str]
+    text_to_image: np.ndarray
+    dropped: int
+    drop_reasons: dict[str, int]
+
+    @property
+    def num_images(self) -> int:
+        """Number of images kept."""
+        return len(self.image_ids)
+
+    def summary(self) -> str:
+        """One line: images, captions per language, what was dropped."""
+        langs: dict[str, int] = {}
+        for lang in self.caption_langs:
+            langs[lang] = langs.get(lang, 0) + 1
+        per_lang = ", ".join(f"{k} {v}" for k, v in sorted(langs.items()))
+        reasons = ", ".join(f"{self.drop_reasons.get(r, 0)} {r}" for r in DROP_REASONS)
+        return (
+            f"{self.num_images} images, {len(self.captions)} captions ({per_lang}); "
+            f"dropped {self.dropped} records: {reasons}; "
+            f"{self.drop_reasons.get('captions ignored', 0)} empty or invalid captions ignored"
+        )
+
+
+def read_eval_split(
+    file_pattern: str | Sequence[str],
+    image_size: int,
+    batch_size: int,
+    languages: Sequence[str] | None = None,
+    verbose: bool = True,
+) -> EvalSplit:
+    """Reads an evaluation split for embedding images once and captions once.
+
+    Records are read in file order; a first pass decodes every image once to find the
+    usable records (so the image batches and the caption list always line up), the returned
+    ``images`` dataset decodes them again, centre-cropped, when iterated.
+
+    Args:
+        file_pattern: glob(s) of TFRecord shards, or a shard prefix.
+        image_size: side of the square images.
+        batch_size: images per batch.
+        languages: keep only captions in these languages; images left without captions
+            are dropped.
+        verbose: print the summary line.
+
+    Returns:
+        An :class:`EvalSplit`.
+
+    Example:
+        >>> split = read_eval_split("records/m30k-val", 289, 32, languages=["de"])
+        ... # doctest: +SKIP
+        >>> split.text_to_image[:3]  # doctest: +SKIP
+        array([0, 1, 2])
+    """
+    files = list_files(file_pattern)
+    lang_tensor = tf.constant(list(languages), tf.string) if languages else None
+
+    def check(index: tf.Tensor, serialized: tf.Tensor):
+        item = _screen(serialized, lang_tensor)
+        size = tf.cond(
+            tf.equal(item["reason"], _OK),
+            lambda: tf.shape(decode_image(item["encoded"]))[:2],
+            lambda: tf.zeros([2], tf.int32),
+        )
+        return index, item["id"], item["texts"], item["langs"], item["usable"], \
+            item["reason"], item["ignored"], size
+
+    scan = tf.data.TFRecordDataset(files).enumerate()
+    scan = scan.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    scan = scan.ignore_errors()
+    reasons = dict.fromkeys(DROP_REASONS + ("captions ignored",), 0)
+    keep: list[int] = []
+    image_ids: list[str] = []
+    captions: list[str] = []
+    caption_langs: list[str] = []
+    text_to_image: list[int] = []
+    expected = 0
+    for index, image_id, texts, langs, usable, reason, ignored, _ in scan.as_numpy_iterator():
+        reasons["undecodable image"] += int(index) - expected  # failed to decode
+        expected = int(index) + 1
+        if reason != _OK:
+            reasons[DROP_REASONS[int(reason) - 1]] += 1
+            continue
+        reasons["captions ignored"] += int(ignored)
+        keep.append(int(index))
+        image_ids.append(image_id.decode("utf-8", "replace"))
+        for text, lang, ok in zip(texts, langs, usable):
+            if ok:
+                captions.append(text.decode("utf-8"))
+                caption_langs.append(lang.decode("utf-8", "replace"))
+                text_to_image.append(len(image_ids) - 1)
+    total = tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+    reasons["undecodable image"] += int(total) - expected  # trailing decode failures
+
+    keep_mask = np.zeros(int(total), dtype=bool)
+    keep_mask[keep] = True
+    keep_table = tf.constant(keep_mask)
+    images = tf.data.TFRecordDataset(files).enumerate()
+    images = images.filter(lambda i, r: tf.gather(keep_table, i))
+    images = images.map(
+        lambda i, r: decode_and_crop(
+            schema.parse_record(r)[schema.IMAGE_ENCODED], image_size, training=False
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    images = images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    split = EvalSplit(
+        images=images,
+        image_ids=image_ids,
+        captions=captions,
+        caption_langs=caption_langs,
+        text_to_image=np.asarray(text_to_image, dtype=np.int64),
+        dropped=sum(reasons[r] for r in DROP_REASONS),
+        drop_reasons=reasons,
+    )
+    if verbose:
+        print(f"malign.data: eval split {file_pattern}: {split.summary()}", file=sys.stderr)
+    return split

@@ -1,0 +1,242 @@
+"""Image decoding and cropping, as pure TensorFlow ops (usable in ``tf.data`` and in the
+serving signature of an exported SavedModel).
+
+The crops follow ALIGN: the shorter side is resized to ``size * 346 / 289`` (346 for the
+paper's 289-pixel crops), then a ``size x size`` window is cut out: at random and randomly
+flipped left-right for training, in the centre for evaluation. The window is computed in the
+original image's coordinates and only the window is resized, which gives the same pixels as
+resizing the whole image first (up to interpolation) at a fraction of the cost; for JPEG the
+window alone is decoded.
+
+Every output is float32 RGB in [0, 1]; each image tower normalises its input itself.
+
+Example:
+    >>> import tensorflow as tf
+    >>> image = tf.zeros([120, 200, 3], tf.uint8)
+    >>> eval_crop(image, 64).shape.as_list()
+    [64, 64, 3]
+    >>> train_crop(image, 64, seed=tf.constant([1, 2])).dtype
+    tf.float32
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+#: ALIGN resizes to 346 and crops 289 (paper and ``kakaobrain/align-base``).
+ALIGN_RESIZE = 346
+ALIGN_CROP = 289
+#: Shorter side before cropping = ``round(size * EVAL_RESIZE_RATIO)``; used for training too.
+EVAL_RESIZE_RATIO = ALIGN_RESIZE / ALIGN_CROP
+
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND"
+#: How far from the end of the file the end marker may sit (trailing padding is common).
+END_MARKER_WINDOW = 64
+
+
+def resize_size(size: int) -> int:
+    """The shorter side an image is resized to before a ``size`` crop.
+
+    Args:
+        size: the crop size.
+
+    Example:
+        >>> resize_size(289), resize_size(224)
+        (346, 268)
+    """
+    return int(round(size * EVAL_RESIZE_RATIO))
+
+
+def _tail_contains(encoded: tf.Tensor, marker: bytes) -> tf.Tensor:
+    """Whether ``marker`` occurs within the last END_MARKER_WINDOW bytes of ``encoded``."""
+    n = tf.strings.length(encoded)
+    tail = tf.strings.substr(encoded, tf.maximum(n - END_MARKER_WINDOW, 0), END_MARKER_WINDOW)
+    raw = tf.cast(tf.io.decode_raw(tail, tf.uint8), tf.int32)
+    m = len(marker)
+    count = tf.maximum(tf.shape(raw)[0] - m + 1, 0)
+    raw = tf.concat([raw, tf.fill([m], -1)], axis=0)
+    found = tf.ones([count], tf.bool)
+    for j, byte in enumerate(marker):
+        found = found & tf.equal(tf.slice(raw, [j], [count]), byte)
+    return tf.reduce_any(found)
+
+
+def image_bytes_ok(encoded: tf.Tensor) -> tf.Tensor:
+    """A cheap check that ``encoded`` is a complete JPEG or PNG file (scalar bool).
+
+    It checks the signature and that the end marker (JPEG EOI, PNG IEND) is near the end of
+    the file, which catches truncated downloads and non-image bytes without decoding. An
+    image whose body is corrupt can still fail to decode; the pipeline drops those too.
+
+    Args:
+        encoded: a scalar string tensor.
+
+    Example:
+        >>> bool(image_bytes_ok(tf.constant(b"not an image")))
+        False
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    head = tf.strings.substr(encoded, 0, 8)
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), _JPEG_SOI)
+    is_png = tf.equal(head, _PNG_SIGNATURE)
+    return tf.cond(
+        is_jpeg,
+        lambda: _tail_contains(encoded, _JPEG_EOI),
+        lambda: tf.cond(
+            is_png, lambda: _tail_contains(encoded, _PNG_IEND), lambda: tf.constant(False)
+        ),
+    )
+
+
+def image_bytes_ok_py(data: bytes) -> bool:
+    """The same check as :func:`image_bytes_ok`, in Python (the writer uses it).
+
+    Args:
+        data: the encoded image file.
+
+    Example:
+        >>> image_bytes_ok_py(b"\\xff\\xd8\\xff\\xe0 ... \\xff\\xd9")
+        True
+    """
+    tail = data[-END_MARKER_WINDOW:]
+    if data.startswith(_JPEG_SOI):
+        return _JPEG_EOI in tail
+    if data.startswith(_PNG_SIGNATURE):
+        return _PNG_IEND in tail
+    return False
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes a JPEG/PNG (also GIF/BMP) file into uint8 RGB ``[H, W, 3]``.
+
+    Args:
+        encoded: a scalar string tensor holding the file's bytes.
+
+    Example:
+        >>> png = tf.io.encode_png(tf.zeros([5, 7, 3], tf.uint8))
+        >>> decode_image(png).shape.as_list()
+        [5, 7, 3]
+    """
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _crop_side(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
+    """Side, in original pixels, of a window that becomes ``size`` after resizing the shorter
+    side to ``resize_size(size)``."""
+    shorter = tf.cast(tf.minimum(height, width), tf.float32)
+    side = tf.round(shorter * (size / resize_size(size)))
+    return tf.cast(tf.clip_by_value(side, 1.0, shorter), tf.int32)
+
+
+def _window(height, width, size, seed):
+    side = _crop_side(height, width, size)
+    if seed is None:
+        return (height - side) // 2, (width - side) // 2, side
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    top = tf.random.stateless_uniform([], seeds[0], 0, height - side + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seeds[1], 0, width - side + 1, dtype=tf.int32)
+    return top, left, side
+
+
+def _finish(window: tf.Tensor, size: int) -> tf.Tensor:
+    image = tf.image.resize(window, [size, size], method="bilinear", antialias=True)
+    image = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def _flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    flip_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 7)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def train_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+    """ALIGN's training crop: resize shorter side to ``resize_size(size)``, random
+    ``size x size`` crop, random left-right flip.
+
+    Args:
+        image: uint8 (or float in [0, 255]) ``[H, W, 3]``.
+        size: output side.
+        seed: a stateless seed, int tensor of shape [2]; the same seed gives the same crop.
+
+    Returns:
+        float32 ``[size, size, 3]`` in [0, 1].
+
+    Example:
+        >>> img = tf.random.uniform([50, 80, 3], 0, 255, tf.int32)
+        >>> train_crop(tf.cast(img, tf.uint8), 32, tf.constant([0, 1])).shape.as_list()
+        [32, 32, 3]
+    """
+    shape = tf.shape(image)
+    top, left, side = _window(shape[0], shape[1], size, seed)
+    window = tf.image.crop_to_bounding_box(image, top, left, side, side)
+    return _flip(_finish(window, size), seed)
+
+
+def eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """ALIGN's evaluation crop: resize shorter side to ``resize_size(size)``, centre crop.
+
+    Args:
+        image: uint8 (or float in [0, 255]) ``[H, W, 3]``.
+        size: output side.
+
+    Returns:
+        float32 ``[size, size, 3]`` in [0, 1].
+
+    Example:
+        >>> eval_crop(tf.fill([10, 10, 3], tf.constant(255, tf.uint8)), 4).numpy().max()
+        1.0
+    """
+    shape = tf.shape(image)
+    top, left, side = _window(shape[0], shape[1], size, None)
+    window = tf.image.crop_to_bounding_box(image, top, left, side, side)
+    return _finish(window, size)
+
+
+def decode_and_crop(
+    encoded: tf.Tensor, size: int, training: bool, seed: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Decodes and crops in one step; for JPEG only the crop window is decoded.
+
+    Gives the same result as ``train_crop(decode_image(x), size, seed)`` (``training``) or
+    ``eval_crop(decode_image(x), size)``.
+
+    Args:
+        encoded: a scalar string tensor (JPEG, PNG, GIF or BMP file).
+        size: output side.
+        training: random crop and flip (needs ``seed``) or centre crop.
+        seed: stateless seed of shape [2] for training.
+
+    Returns:
+        float32 ``[size, size, 3]`` in [0, 1].
+
+    Example:
+        >>> jpeg = tf.io.encode_jpeg(tf.zeros([40, 60, 3], tf.uint8))
+        >>> decode_and_crop(jpeg, 16, training=False).shape.as_list()
+        [16, 16, 3]
+    """
+    if training and seed is None:
+        raise ValueError("decode_and_crop(training=True) needs a seed")
+
+    def jpeg_path() -> tf.Tensor:
+        shape = tf.image.extract_jpeg_shape(encoded)
+        top, left, side = _window(shape[0], shape[1], size, seed if training else None)
+        window = tf.image.decode_and_crop_jpeg(
+            encoded, tf.stack([top, left, side, side]), channels=3
+        )
+        return _finish(window, size)
+
+    def other_path() -> tf.Tensor:
+        image = decode_image(encoded)
+        shape = tf.shape(image)
+        top, left, side = _window(shape[0], shape[1], size, seed if training else None)
+        return _finish(tf.image.crop_to_bounding_box(image, top, left, side, side), size)
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg_path, other_path)
+    image.set_shape([size, size, 3])
+    return _flip(image, seed) if training else image

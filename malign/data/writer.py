@@ -1,0 +1,541 @@
+"""Writing image–caption TFRecord shards, skipping (and counting) bad input.
+
+The writer takes *rows*: one caption of one image, with its language. Rows of the same image
+become one record with all its captions. Nothing bad reaches the shards and nothing is
+dropped silently: a row is skipped when its image file is missing or is not a complete,
+decodable image, when its caption is empty, or when it is not valid UTF-8; the
+:class:`WriteStats` summary says how many rows were skipped and why. Captions far longer than
+the tokenizer's sequence length are kept (the tokenizer truncates them) but counted.
+
+Images are stored as their original bytes when they are JPEG or PNG files that TensorFlow
+decodes; other formats (GIF, WebP, BMP, TIFF, CMYK JPEG...) are re-encoded as JPEG, and with
+``max_image_side`` large images are downscaled (shorter side) to keep shards small.
+
+Example:
+    >>> rows = [CaptionRow("cat.jpg", "a cat", "en"), CaptionRow("cat.jpg", "eine Katze", "de")]
+    >>> stats = write_rows(rows, "out/pets", images_dir="photos", shards=1)  # doctest: +SKIP
+    >>> print(stats.summary())  # doctest: +SKIP
+    wrote 1 records (2 captions: de 1, en 1) to 1 shards at out/pets-*-of-*.tfrecord
+    skipped 0 rows
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from malign.data.preprocess import image_bytes_ok_py
+from malign.data.progress import Progress
+from malign.data.schema import ImageTextExample, shard_name, shard_pattern
+
+#: Why a row was skipped; the order is the order of the summary line.
+SKIP_REASONS = ("missing image", "corrupt image", "empty caption", "invalid utf-8", "malformed row")
+
+
+@dataclasses.dataclass
+class CaptionRow:
+    """One caption of one image, as read from a JSONL/CSV file or a dataset's files.
+
+    Args:
+        image: the image file, relative to the images directory or absolute.
+        caption: the caption; ``bytes`` are decoded as UTF-8 by the writer, ``str`` must
+            encode to UTF-8 (lone surrogates from undecodable input do not).
+        lang: its language code.
+        image_id: the record's id; defaults to the image path without extension.
+    """
+
+    image: str
+    caption: str | bytes | None
+    lang: str
+    image_id: str | None = None
+
+
+@dataclasses.dataclass
+class WriteStats:
+    """What a write did: records, captions per language, skipped rows by reason.
+
+    Example:
+        >>> stats = WriteStats()
+        >>> stats.skip("empty caption", 2)
+        >>> stats.skipped_line()
+        'skipped 2 rows: 0 missing image, 0 corrupt image, 2 empty caption, 0 invalid utf-8'
+    """
+
+    records: int = 0
+    captions: int = 0
+    captions_per_lang: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0)
+    )
+    images_skipped: int = 0
+    reencoded_images: int = 0
+    long_captions: int = 0
+    shards: int = 0
+    pattern: str = ""
+    examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1, example: str | None = None) -> None:
+        """Counts ``n`` rows skipped for ``reason`` (one of :data:`SKIP_REASONS`)."""
+        self.skipped[reason] += n
+        if example is not None and len(self.examples.setdefault(reason, [])) < 5:
+            self.examples[reason].append(example)
+
+    @property
+    def skipped_rows(self) -> int:
+        """All skipped rows."""
+        return sum(self.skipped.values())
+
+    def skipped_line(self) -> str:
+        """``skipped N rows: k missing image, m corrupt image, e empty caption, ...``."""
+        parts = [f"{self.skipped[r]} {r}" for r in SKIP_REASONS[:4]]
+        if self.skipped["malformed row"]:
+            parts.append(f"{self.skipped['malformed row']} malformed row")
+        return f"skipped {self.skipped_rows} rows: " + ", ".join(parts)
+
+    def summary(self) -> str:
+        """A few human-readable lines for the end of a command."""
+        langs = ", ".join(f"{k} {v}" for k, v in sorted(self.captions_per_lang.items()))
+        lines = [
+            f"wrote {self.records} records ({self.captions} captions: {langs or 'none'}) "
+            f"to {self.shards} shards at {self.pattern}",
+            self.skipped_line(),
+        ]
+        if self.images_skipped:
+            lines.append(f"images skipped (no record written): {self.images_skipped}")
+        for reason, names in self.examples.items():
+            lines.append(f"  e.g. {reason}: {', '.join(names)}")
+        if self.reencoded_images:
+            lines.append(f"images re-encoded as JPEG (format or size): {self.reencoded_images}")
+        lines.append(f"long captions (will be truncated): {self.long_captions}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stats as a JSON-friendly dict (written to ``{prefix}.summary.json``)."""
+        return dataclasses.asdict(self)
+
+
+class BadImage(Exception):
+    """An image file that cannot be stored; ``reason`` is a :data:`SKIP_REASONS` entry."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def load_image(path: str, max_image_side: int | None = None) -> tuple[bytes, str, bool]:
+    """Reads and validates an image file, re-encoding it if TensorFlow could not decode it.
+
+    Args:
+        path: the image file.
+        max_image_side: if set, images whose shorter side exceeds it are downscaled to it
+            and re-encoded.
+
+    Returns:
+        ``(bytes, format, reencoded)`` with format ``"jpeg"`` or ``"png"``.
+
+    Raises:
+        BadImage: ``missing image`` or ``corrupt image``.
+
+    Example:
+        >>> load_image("nope.jpg")  # doctest: +SKIP
+        Traceback (most recent call last):
+        BadImage: missing image: nope.jpg
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise BadImage("missing image", path) from None
+    except (IsADirectoryError, PermissionError) as error:
+        raise BadImage("missing image", f"{path} ({error})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = (image.format or "").upper()
+            image.load()  # full decode: raises on truncated or corrupt files
+            mode, (width, height) = image.mode, image.size
+            too_big = max_image_side is not None and min(width, height) > max_image_side
+            native = (kind in ("JPEG", "MPO") and mode in ("RGB", "L")) or (
+                kind == "PNG" and mode in ("RGB", "RGBA", "L", "LA", "P")
+            )
+            if native and not too_big and image_bytes_ok_py(data):
+                return data, "jpeg" if kind in ("JPEG", "MPO") else "png", False
+            rgb = image.convert("RGB")
+            if too_big:
+                scale = max_image_side / min(width, height)
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+            out = io.BytesIO()
+            rgb.save(out, format="JPEG", quality=95)
+            return out.getvalue(), "jpeg", True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImage("corrupt image", f"{path} ({type(e).__name__}: {e})") from None
+
+
+def clean_caption(caption: str | bytes | None) -> tuple[str | None, str | None]:
+    """Validates one caption.
+
+    Args:
+        caption: text, bytes (decoded as UTF-8) or None.
+
+    Returns:
+        ``(text, None)`` with surrounding whitespace stripped and line breaks/tabs turned
+        into spaces, or ``(None, reason)`` with reason ``"empty caption"`` or
+        ``"invalid utf-8"``.
+
+    Example:
+        >>> clean_caption(b"  Ein Hund.\\n")
+        ('Ein Hund.', None)
+        >>> clean_caption(b"caf\\xe9")
+        (None, 'invalid utf-8')
+    """
+    if caption is None:
+        return None, "empty caption"
+    if isinstance(caption, (bytes, bytearray)):
+        try:
+            caption = bytes(caption).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "invalid utf-8"
+    try:
+        caption.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
+        return None, "invalid utf-8"
+    text = " ".join(caption.replace("\t", " ").splitlines()).strip()
+    if not text:
+        return None, "empty caption"
+    return text, None
+
+
+class LongCaptionCounter:
+    """Decides whether a caption is longer than the tokenizer keeps.
+
+    With a SentencePiece model the count is exact; without one it is an estimate:
+    ``max(words, characters / 4)`` pieces.
+
+    Args:
+        sequence_length: the tokenizer's sequence length, ``[CLS]`` and ``[SEP]`` included.
+        sentencepiece_model: optional path of the vocabulary.
+
+    Example:
+        >>> LongCaptionCounter(8).is_long("one two three four five six seven")
+        True
+    """
+
+    def __init__(self, sequence_length: int = 64, sentencepiece_model: str | None = None):
+        self.limit = int(sequence_length) - 2
+        self._sp = None
+        if sentencepiece_model:
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_file=str(sentencepiece_model))
+
+    def is_long(self, text: str) -> bool:
+        """Whether ``text`` will be truncated."""
+        if self._sp is not None:
+            return len(self._sp.encode(text)) > self.limit
+        return max(len(text.split()), len(text) / 4) > self.limit
+
+
+class RecordWriter:
+    """Writes :class:`ImageTextExample` records round-robin over ``num_shards`` files.
+
+    Args:
+        out_prefix: shards are ``{out_prefix}-{i:05d}-of-{n:05d}.tfrecord``.
+        num_shards: the number of files; a multiple of the number of hosts reading them
+            lets every input pipeline read whole files.
+
+    Example:
+        >>> with RecordWriter("/tmp/malign-doc/x", 2) as w:  # doctest: +SKIP
+        ...     w.write(ImageTextExample("a", b"...", "png", ["hi"], ["en"]))
+    """
+
+    def __init__(self, out_prefix: str | os.PathLike, num_shards: int = 1) -> None:
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+        self.prefix = os.fspath(out_prefix)
+        self.num_shards = num_shards
+        parent = os.path.dirname(self.prefix)
+        if parent:
+            tf.io.gfile.makedirs(parent)
+        self.paths = [shard_name(self.prefix, i, num_shards) for i in range(num_shards)]
+        self._writers = [tf.io.TFRecordWriter(p) for p in self.paths]
+        self.count = 0
+
+    def write(self, example: ImageTextExample) -> None:
+        """Appends one record to the next shard."""
+        self._writers[self.count % self.num_shards].write(example.serialize())
+        self.count += 1
+
+    def close(self) -> None:
+        """Flushes and closes every shard."""
+        for writer in self._writers:
+            writer.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@dataclasses.dataclass
+class _ImageGroup:
+    image: str
+    image_id: str
+    captions: list[tuple[str | bytes | None, str]]
+
+
+def _group_rows(rows: Iterable[CaptionRow], stats: WriteStats) -> list[_ImageGroup]:
+    groups: dict[str, _ImageGroup] = {}
+    for row in rows:
+        if row.image is None or row.lang is None:
+            stats.skip("malformed row", example=str(row)[:80])
+            continue
+        if not isinstance(row.image, str) or not _encodable(row.image):
+            stats.skip("invalid utf-8", example=repr(row.image)[:80])
+            continue
+        group = groups.get(row.image)
+        if group is None:
+            image_id = row.image_id or os.path.splitext(row.image)[0]
+            group = groups[row.image] = _ImageGroup(row.image, image_id, [])
+        group.captions.append((row.caption, row.lang))
+    return list(groups.values())
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_rows(
+    rows: Iterable[CaptionRow],
+    out_prefix: str | os.PathLike,
+    images_dir: str | os.PathLike | None = None,
+    shards: int = 1,
+    max_image_side: int | None = None,
+    sequence_length: int = 64,
+    sentencepiece_model: str | None = None,
+    workers: int | None = None,
+    verbose: bool = True,
+    stats: WriteStats | None = None,
+) -> WriteStats:
+    """Groups caption rows by image and writes one record per image.
+
+    Args:
+        rows: caption rows; rows with the same ``image`` form one record, in first-seen
+            order.
+        out_prefix: where the shards go (``{out_prefix}-00000-of-00004.tfrecord``...).
+        images_dir: the directory relative image paths are resolved against.
+        shards: the number of shard files.
+        max_image_side: downscale images whose shorter side is larger (None keeps them).
+        sequence_length: for counting captions the tokenizer will truncate.
+        sentencepiece_model: a vocabulary for an exact long-caption count.
+        workers: threads that read and check images (default: CPU count, at most 8).
+        verbose: print progress and the summary.
+        stats: counts carried over from reading the rows (e.g. rows that failed to parse).
+
+    Returns:
+        The :class:`WriteStats`; they are also written to ``{out_prefix}.summary.json``.
+
+    Example:
+        >>> rows = [CaptionRow("a.png", "a red circle", "en")]
+        >>> write_rows(rows, "out/x", images_dir="imgs").records  # doctest: +SKIP
+        1
+    """
+    stats = stats or WriteStats()
+    long_counter = LongCaptionCounter(sequence_length, sentencepiece_model)
+    groups = _group_rows(rows, stats)
+    workers = workers or min(8, os.cpu_count() or 1)
+    root = os.fspath(images_dir) if images_dir is not None else ""
+
+    def load(group: _ImageGroup) -> tuple[bytes, str, bool] | BadImage:
+        try:
+            return load_image(os.path.join(root, group.image), max_image_side)
+        except BadImage as error:
+            return error
+
+    writer = RecordWriter(out_prefix, shards)
+    progress = Progress("writing records", total=len(groups), unit="images", enabled=verbose)
+    with writer, progress, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for chunk in _chunks(groups, 64 * workers):
+            for group, loaded in zip(chunk, pool.map(load, chunk)):
+                progress.update()
+                if isinstance(loaded, BadImage):
+                    stats.skip(loaded.reason, len(group.captions), example=group.image)
+                    stats.images_skipped += 1
+                    continue
+                texts, langs = [], []
+                for caption, lang in group.captions:
+                    text, reason = clean_caption(caption)
+                    if reason is not None:
+                        stats.skip(reason, example=f"{group.image} [{lang}]")
+                        continue
+                    texts.append(text)
+                    langs.append(lang)
+                    stats.long_captions += long_counter.is_long(text)
+                if not texts:
+                    stats.images_skipped += 1
+                    continue
+                data, image_format, reencoded = loaded
+                stats.reencoded_images += reencoded
+                writer.write(ImageTextExample(group.image_id, data, image_format, texts, langs))
+                stats.records += 1
+                stats.captions += len(texts)
+                for lang in langs:
+                    stats.captions_per_lang[lang] = stats.captions_per_lang.get(lang, 0) + 1
+    stats.shards = shards
+    stats.pattern = shard_pattern(os.fspath(out_prefix))
+    with tf.io.gfile.GFile(os.fspath(out_prefix) + ".summary.json", "w") as handle:
+        handle.write(json.dumps(stats.to_json(), indent=2, ensure_ascii=False) + "\n")
+    if verbose:
+        print(stats.summary(), flush=True)
+    return stats
+
+
+def write_examples(
+    examples: Iterable[ImageTextExample],
+    out_prefix: str | os.PathLike,
+    shards: int = 1,
+    total: int | None = None,
+    verbose: bool = True,
+) -> WriteStats:
+    """Writes ready-made records (already validated, e.g. generated ones).
+
+    Args:
+        examples: the records.
+        out_prefix: where the shards go.
+        shards: the number of shard files.
+        total: the number of examples, for the progress line.
+        verbose: print progress and the summary.
+
+    Returns:
+        The :class:`WriteStats` (also written to ``{out_prefix}.summary.json``).
+
+    Example:
+        >>> ex = ImageTextExample("a", b"...", "png", ["hi"], ["en"])
+        >>> write_examples([ex], "/tmp/malign-doc/y", verbose=False).records  # doctest: +SKIP
+        1
+    """
+    stats = WriteStats()
+    with RecordWriter(out_prefix, shards) as writer, Progress(
+        "writing records", total=total, unit="images", enabled=verbose
+    ) as progress:
+        for example in examples:
+            writer.write(example)
+            stats.records += 1
+            stats.captions += len(example.captions)
+            for lang in example.langs:
+                stats.captions_per_lang[lang] = stats.captions_per_lang.get(lang, 0) + 1
+            progress.update()
+    stats.shards = shards
+    stats.pattern = shard_pattern(os.fspath(out_prefix))
+    with tf.io.gfile.GFile(os.fspath(out_prefix) + ".summary.json", "w") as handle:
+        handle.write(json.dumps(stats.to_json(), indent=2, ensure_ascii=False) + "\n")
+    if verbose:
+        print(stats.summary(), flush=True)
+    return stats
+
+
+_IMAGE_KEYS = ("image", "image_path", "path", "file", "filename")
+_CAPTION_KEYS = ("caption", "text", "sentence")
+_LANG_KEYS = ("lang", "language")
+_ID_KEYS = ("image_id", "id")
+
+
+def _pick(record: dict[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        if key in record and record[key] not in (None, ""):
+            return record[key]
+    return None
+
+
+def read_rows(
+    path: str | os.PathLike, default_lang: str | None = None, stats: WriteStats | None = None
+) -> Iterator[CaptionRow]:
+    """Reads caption rows from a JSONL or CSV file (by extension: ``.jsonl``/``.json``,
+    ``.csv``, ``.tsv``).
+
+    Each JSON line (or CSV row, with a header) has ``image`` (also ``image_path``/``path``/
+    ``file``), ``caption`` (also ``text``), ``lang`` (or ``language``; else
+    ``default_lang``) and optionally ``image_id``. A JSON ``caption`` may be a list of
+    captions. Lines that are not valid UTF-8 or not parseable are counted in ``stats``.
+
+    Args:
+        path: the rows file.
+        default_lang: language of rows without one.
+        stats: where to count unreadable lines.
+
+    Example:
+        >>> rows = list(read_rows("captions.jsonl", default_lang="en"))  # doctest: +SKIP
+    """
+    stats = stats if stats is not None else WriteStats()
+    path = os.fspath(path)
+    lower = path.lower()
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        if lower.endswith((".csv", ".tsv")):
+            delimiter = "\t" if lower.endswith(".tsv") else ","
+            records: Iterable[dict[str, Any] | None] = csv.DictReader(handle, delimiter=delimiter)
+        else:
+            records = (_json_line(line, stats) for line in handle if line.strip())
+        for number, record in enumerate(records, start=1):
+            if record is None:
+                continue
+            image = _pick(record, _IMAGE_KEYS)
+            caption = _pick(record, _CAPTION_KEYS)
+            lang = _pick(record, _LANG_KEYS) or default_lang
+            if image is None or lang is None:
+                what = "image" if image is None else "lang (or pass a default language)"
+                stats.skip("malformed row", example=f"{os.path.basename(path)}:{number} no {what}")
+                continue
+            image_id = _pick(record, _ID_KEYS)
+            captions = caption if isinstance(caption, list) else [caption]
+            for text in captions:
+                yield CaptionRow(
+                    str(image), None if text is None else str(text), str(lang),
+                    None if image_id is None else str(image_id),
+                )
+
+
+def _json_line(line: str, stats: WriteStats) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        stats.skip("malformed row", example=line[:60].strip())
+        return None
+    if not isinstance(record, dict):
+        stats.skip("malformed row", example=line[:60].strip())
+        return None
+    return record
+
+
+__all__ = [
+    "BadImage",
+    "CaptionRow",
+    "LongCaptionCounter",
+    "RecordWriter",
+    "SKIP_REASONS",
+    "WriteStats",
+    "clean_caption",
+    "load_image",
+    "read_rows",
+    "write_examples",
+    "write_rows",
+]
+
