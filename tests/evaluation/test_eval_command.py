@@ -1,0 +1,151 @@
+"""End to end: ``malign eval`` and ``malign eval zero-shot`` on a tiny model and Multi30K-mini."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import malign
+from malign.cli import main
+from malign.evaluation import metrics as M
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, multi30k_mini):
+    """A saved tiny model with its tokenizer beside it, and task1/task2 val record sets."""
+    root = tmp_path_factory.mktemp("eval")
+    model = malign.AlignModel.from_preset("tiny")
+    model.save(root / "model.keras")
+    shutil.copy(malign.text.test_vocab_path(), root / "tokenizer.model")
+    for task in ("task1", "task2"):
+        malign.data.write_multi30k(
+            multi30k_mini, multi30k_mini / "images", "val", root / f"m30k-val-{task}",
+            captions=task, verbose=False,
+        )
+    return root
+
+
+def _reference_metrics(workdir, prefix, lang):
+    """The metrics recomputed independently: embed, full similarity matrix, counted ranks."""
+    model = malign.AlignModel.from_preset("tiny")
+    model.load_weights(workdir / "model.keras")
+    split = malign.data.read_eval_split(str(workdir / prefix), model.image_size, 50, verbose=False)
+    tok = malign.text.SentencePieceTokenizer(workdir / "tokenizer.model", model.sequence_length)
+    images = np.concatenate([model.embed_image(b).numpy() for b in split.images])
+    keep = [i for i, x in enumerate(split.caption_langs) if x == lang]
+    ids = tok(np.array([split.captions[i] for i in keep]))
+    texts = model.embed_text(ids).numpy()
+    sim = images.astype(np.float64) @ texts.T.astype(np.float64)
+    return M.retrieval_metrics_from_similarity(sim, split.text_to_image[keep])
+
+
+def test_eval_task1_writes_all_outputs(workdir, capsys):
+    out = workdir / "out-task1"
+    rc = main([
+        "eval", "--model", str(workdir / "model.keras"), "--data", str(workdir / "m30k-val-task1"),
+        "--languages", "en,de,fr,cs", "--out", str(out), "--quiet",
+    ])
+    assert rc == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["languages"]) == ["en", "de", "fr", "cs"]
+    for m in report["languages"].values():
+        assert tuple(k for k in m if k in M.METRIC_KEYS) == M.METRIC_KEYS
+        assert m["num_images"] == 242 and m["num_captions"] == 242
+        assert m["captions_per_image"] == 1.0
+        assert all(0.0 <= m[k] <= 100.0 for k in M.METRIC_KEYS)
+    assert report["all"]["num_captions"] == 4 * 242
+    for key in M.METRIC_KEYS:
+        assert report["mean"][key] == pytest.approx(np.mean([m[key] for m in report["languages"].values()]))
+    assert report["meta"]["tokenizer"].endswith("tokenizer.model")   # found beside the model
+    # The numbers are the ones a full similarity matrix gives (float rounding aside).
+    want = _reference_metrics(workdir, "m30k-val-task1", "de")
+    for key in M.METRIC_KEYS:
+        assert report["languages"]["de"][key] == pytest.approx(want[key], abs=0.5)
+    table = (out / "metrics.md").read_text()
+    assert "| de | 242 | 242 |" in table and "mean over languages" in table and "I→T R@1" in table
+    assert (out / "recall.png").read_bytes()[:8] == PNG_MAGIC
+    assert "| cs | 242 | 242 |" in capsys.readouterr().out
+
+
+def test_eval_task2_five_captions_per_image(workdir):
+    out = workdir / "out-task2"
+    rc = main([
+        "eval", "--model", str(workdir / "model.keras"), "--data", str(workdir / "m30k-val-task2"),
+        "--out", str(out), "--quiet", "--backend", "tensorflow", "--memory-budget-mb", "1",
+    ])
+    assert rc == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["languages"]) == ["en", "de"]
+    for m in report["languages"].values():
+        assert m["num_captions"] == 5 * 242 and m["min_captions_per_image"] == 5
+    want = _reference_metrics(workdir, "m30k-val-task2", "en")
+    for key in M.METRIC_KEYS:
+        assert report["languages"]["en"][key] == pytest.approx(want[key], abs=0.5)
+    assert (out / "recall.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_eval_errors_are_clear(workdir, tmp_path, capsys):
+    data = str(workdir / "m30k-val-task2")
+    rc = main(["eval", "--model", str(workdir / "model.keras"), "--data", data,
+               "--languages", "en,fr", "--out", str(tmp_path), "--quiet"])
+    assert rc == 2
+    assert "no captions in language(s) fr" in capsys.readouterr().err
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(workdir / "model.keras", lonely / "model.keras")
+    rc = main(["eval", "--model", str(lonely / "model.keras"), "--data", data, "--out", str(tmp_path)])
+    assert rc == 2
+    assert "pass --tokenizer" in capsys.readouterr().err
+    rc = main(["eval", "--data", data])
+    assert rc == 2
+    assert "--model, --out required" in capsys.readouterr().err
+
+
+def test_zero_shot_on_records_and_image_folder(workdir, multi30k_mini, tmp_path):
+    from malign.data.writer import CaptionRow, write_rows
+
+    names = sorted(p.name for p in (multi30k_mini / "images").glob("*.jpg"))[:12]
+    classes = {"en": ["dog", "bicycle", "street"], "de": ["Hund", "Fahrrad", "Straße"]}
+    rows = []
+    folder = tmp_path / "folder"
+    for i, name in enumerate(names):
+        lang = "en" if i % 2 else "de"
+        label = classes[lang][i % 3]
+        rows.append(CaptionRow(name, label, lang))
+        (folder / classes["en"][i % 3]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(multi30k_mini / "images" / name, folder / classes["en"][i % 3] / name)
+    write_rows(rows, tmp_path / "labelled", images_dir=multi30k_mini / "images", verbose=False)
+    (tmp_path / "classes.json").write_text(json.dumps(classes, ensure_ascii=False))
+    (tmp_path / "templates.json").write_text(json.dumps({"de": ["ein Foto von {}.", "ein {}."]}))
+
+    reports = []
+    for data in (tmp_path / "labelled", folder):
+        out = tmp_path / f"zs-{data.name}"
+        rc = main([
+            "eval", "zero-shot", "--model", str(workdir / "model.keras"), "--data", str(data),
+            "--classes", str(tmp_path / "classes.json"), "--templates", str(tmp_path / "templates.json"),
+            "--out", str(out), "--quiet",
+        ])
+        assert rc == 0
+        report = json.loads((out / "metrics.json").read_text())
+        assert (out / "metrics.md").is_file() and (out / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+        assert report["languages"]["en"]["num_templates"] == 18     # built-in English set
+        assert report["languages"]["de"]["num_templates"] == 2
+        for m in report["languages"].values():
+            assert m["num_images"] == 12 and m["num_classes"] == 3
+            assert m["top5"] == 100.0                                 # 3 classes
+            assert 0.0 <= m["top1"] <= 100.0
+        reports.append(report)
+    # Same images, same labels (the folder lists them in another order): same accuracy.
+    assert reports[0]["languages"]["en"]["top1"] == reports[1]["languages"]["en"]["top1"]
+
+
+def test_zero_shot_needs_templates_for_other_languages(workdir, tmp_path, capsys):
+    (tmp_path / "classes.json").write_text(json.dumps({"fr": ["chien", "chat"]}))
+    rc = main(["eval", "zero-shot", "--model", str(workdir / "model.keras"), "--data", str(workdir / "x"),
+               "--classes", str(tmp_path / "classes.json"), "--out", str(tmp_path)])
+    assert rc == 2
+    assert "no prompt templates for language 'fr'" in capsys.readouterr().err
