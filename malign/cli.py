@@ -20,6 +20,7 @@ import sys
 # Each module here defines add_subparser(subparsers). Keep one line per group.
 COMMAND_MODULES = (
     "malign.training_cli",
+    "malign.evaluation.commands",
 )
 
 
