@@ -169,7 +169,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self._writer.flush()
 
     def _step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return int(self.model.optimizer.iterations.numpy())
 
     # -- Keras hooks ------------------------------------------------------------------
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
