@@ -242,7 +242,7 @@ def _record_stream(
     if repeat:
         file_ds = file_ds.repeat()
     return file_ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, buffer_size=4 << 20),
+        tf.data.TFRecordDataset,
         cycle_length=min(len(files), 16),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,

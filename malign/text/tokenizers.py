@@ -224,6 +224,17 @@ class _PackedTokenizer(keras.layers.Layer):
         return config
 
 
+def _keras_hub_tensors():
+    """Keeps keras-hub layers from turning eager outputs into Python lists.
+
+    keras-hub converts ragged outputs of eagerly called preprocessing layers to lists unless
+    called inside its "no convert" scope (it is what its own composite layers use).
+    """
+    from keras_hub.src.utils.tensor_utils import no_convert_scope
+
+    return no_convert_scope()
+
+
 def _read_bytes(path: str | os.PathLike) -> bytes:
     with tf.io.gfile.GFile(os.fspath(path), "rb") as handle:
         return handle.read()
@@ -412,11 +423,13 @@ class WordPieceTokenizer(_PackedTokenizer):
         )
 
     def _tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
-        ids = self._hub_tokenizer.tokenize(strings)
+        with _keras_hub_tensors():
+            ids = self._hub_tokenizer.tokenize(strings)
         return tf.cast(ids, tf.int32)
 
     def _detokenize(self, ids: tf.RaggedTensor) -> tf.Tensor:
-        return self._hub_tokenizer.detokenize(ids)
+        with _keras_hub_tensors():
+            return self._hub_tokenizer.detokenize(ids)
 
     def id_to_token(self, token_id: int) -> str:
         """Returns the token of an id.

@@ -351,7 +351,21 @@ def train_vocabulary(
                 flush=True,
             )
         spm.set_random_generator_seed(seed)
-        spm.SentencePieceTrainer.train(**options)
+        try:
+            spm.SentencePieceTrainer.train(**options)
+        except RuntimeError as error:
+            message = str(error).split("] ")[-1]
+            if "Vocabulary size too high" in message:
+                raise ValueError(
+                    f"vocab_size {vocab_size} is too large for this corpus (SentencePiece: "
+                    f"{message})"
+                ) from error
+            if "smaller than required_chars" in message:
+                raise ValueError(
+                    f"vocab_size {vocab_size} is too small for the characters of this corpus "
+                    f"(SentencePiece: {message})"
+                ) from error
+            raise
 
     model_path = out_prefix.with_name(out_prefix.name + ".model")
     processor = spm.SentencePieceProcessor(model_file=str(model_path))

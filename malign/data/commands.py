@@ -1,0 +1,183 @@
+"""``malign data``: write TFRecord shards (from rows, Multi30K, synthetic scenes), inspect them.
+
+Example:
+    $ malign data build --input captions.jsonl --images photos/ --out records/mine --shards 8
+    $ malign data multi30k --root multi30k --images flickr30k-images --split train \
+        --out records/m30k-train --shards 16
+    $ malign data synthetic --out records/synthetic-train --n 4000
+    $ malign data inspect records/m30k-train
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_subparser"]
+
+
+def _languages(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
+def _write_options(args: argparse.Namespace) -> dict:
+    return {
+        "max_image_side": args.max_image_side,
+        "sequence_length": args.sequence_length,
+        "sentencepiece_model": args.vocab,
+        "workers": args.workers,
+    }
+
+
+def _build(args: argparse.Namespace) -> int:
+    from malign.data.writer import WriteStats, read_rows, write_rows
+
+    stats = WriteStats()
+    rows = []
+    for path in args.input:
+        rows.extend(read_rows(path, default_lang=args.lang, stats=stats))
+    write_rows(
+        rows, args.out, images_dir=args.images, shards=args.shards, stats=stats,
+        verbose=not args.quiet, **_write_options(args),
+    )
+    return 0
+
+
+def _multi30k(args: argparse.Namespace) -> int:
+    from malign.data.multi30k import write_multi30k
+
+    write_multi30k(
+        args.root, args.images, args.split, args.out, shards=args.shards,
+        languages=_languages(args.languages), captions=args.captions,
+        verbose=not args.quiet, **_write_options(args),
+    )
+    return 0
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from malign.data.synthetic import write_synthetic
+
+    write_synthetic(
+        args.out, args.n, image_size=args.image_size, seed=args.seed, shards=args.shards,
+        image_format=args.format, verbose=not args.quiet,
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from malign.data.pipeline import read_eval_split
+
+    split = read_eval_split(
+        args.pattern, image_size=args.image_size, batch_size=64,
+        languages=_languages(args.languages), verbose=False,
+    )
+    print(split.summary())
+    shown = 0
+    for j, (text, lang) in enumerate(zip(split.captions, split.caption_langs)):
+        if shown >= args.examples:
+            break
+        print(f"  {split.image_ids[split.text_to_image[j]]} [{lang}] {text}")
+        shown += 1
+    return 1 if split.dropped and args.strict else 0
+
+
+def _add_write_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="PREFIX",
+                        help="shards go to PREFIX-00000-of-0000N.tfrecord")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="number of shard files (a multiple of the number of hosts)")
+    parser.add_argument("--max-image-side", type=int, default=None, metavar="PIXELS",
+                        help="downscale images whose shorter side is larger (re-encodes JPEG)")
+    parser.add_argument("--sequence-length", type=int, default=64,
+                        help="tokenizer length, for counting captions that will be truncated")
+    parser.add_argument("--vocab", default=None, metavar="MODEL",
+                        help="SentencePiece model for an exact count of long captions")
+    parser.add_argument("--workers", type=int, default=None, help="image-reading threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``malign data {build,multi30k,synthetic,inspect}``.
+
+    Args:
+        subparsers: the ``malign`` command's sub-parsers.
+    """
+    parser = subparsers.add_parser(
+        "data",
+        help="write and inspect image-text TFRecord shards",
+        description="Write image-text TFRecord shards in malign's schema, or inspect them.",
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    build = commands.add_parser(
+        "build",
+        help="shards from JSONL/CSV rows of (image, caption, lang)",
+        description=(
+            "Write shards from rows of (image path, caption, lang): JSON lines with keys "
+            "image, caption (a string or a list), lang and optionally image_id, or CSV/TSV "
+            "with a header naming the same columns. Rows of one image become one record. "
+            "Rows with a missing or corrupt image, an empty caption or invalid UTF-8 are "
+            "skipped and counted."
+        ),
+    )
+    build.add_argument("--input", nargs="+", required=True, metavar="JSONL|CSV")
+    build.add_argument("--images", required=True, metavar="DIR",
+                       help="directory that relative image paths are resolved against")
+    build.add_argument("--lang", default=None, help="language of rows that name none")
+    _add_write_options(build)
+    build.set_defaults(func=_build)
+
+    multi30k = commands.add_parser(
+        "multi30k",
+        help="shards from the Multi30K layout (task1 four languages, task2 five captions)",
+        description=(
+            "Write one record per image of a Multi30K split from data/task1/raw/"
+            "{split}.{lang}.gz and data/task1/image_splits/{split}.txt (and the task2 "
+            "five-caption files with --captions task2/all)."
+        ),
+    )
+    multi30k.add_argument("--root", required=True, metavar="DIR",
+                          help="the Multi30K checkout (holding data/task1)")
+    multi30k.add_argument("--images", required=True, metavar="DIR",
+                          help="directory of the Flickr30K images")
+    multi30k.add_argument("--split", required=True,
+                          help="train, val, test_2016_flickr, ... (as in the file names)")
+    multi30k.add_argument("--languages", default=None,
+                          help="comma-separated, e.g. en,de (default: all available)")
+    multi30k.add_argument("--captions", choices=("task1", "task2", "all"), default="task1",
+                          help="task1: one caption per language; task2: 5 en + 5 de; all")
+    _add_write_options(multi30k)
+    multi30k.set_defaults(func=_multi30k)
+
+    synthetic = commands.add_parser(
+        "synthetic",
+        help="drawn demo scenes with en/de/fr/cs captions",
+        description=(
+            "Write N procedurally drawn scenes (coloured shapes on a background) with "
+            "captions in English, German, French and Czech. Use different --seed values for "
+            "training and held-out sets."
+        ),
+    )
+    synthetic.add_argument("--out", required=True, metavar="PREFIX")
+    synthetic.add_argument("--n", type=int, required=True, help="number of images")
+    synthetic.add_argument("--image-size", type=int, default=64)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--shards", type=int, default=1)
+    synthetic.add_argument("--format", choices=("png", "jpeg"), default="png")
+    synthetic.add_argument("--quiet", action="store_true")
+    synthetic.set_defaults(func=_synthetic)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="count records, captions per language and bad records of shards",
+        description="Read shards once (decoding every image) and report what is in them.",
+    )
+    inspect.add_argument("pattern", help="shard glob or prefix")
+    inspect.add_argument("--languages", default=None)
+    inspect.add_argument("--image-size", type=int, default=64)
+    inspect.add_argument("--examples", type=int, default=5, help="captions to print")
+    inspect.add_argument("--strict", action="store_true",
+                         help="exit with status 1 when any record is dropped")
+    inspect.set_defaults(func=_inspect)
