@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-slow: install
 	$(PY) -m pytest -q --runslow tests

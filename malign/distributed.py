@@ -126,7 +126,10 @@ def device_type(strategy: tf.distribute.Strategy | None = None) -> str:
     strategy = strategy or tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "TPU"
-    devices = getattr(strategy.extended, "worker_devices", None) or ["/cpu:0"]
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: whatever TensorFlow places ops on
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
     name = devices[0].upper()
     if "GPU" in name:
         return "GPU"

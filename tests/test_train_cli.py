@@ -1,0 +1,102 @@
+"""The real `malign train` command: a smoke run, and a killed run that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from malign.training_cli import parse_overrides
+
+SMOKE = ["--preset", "tiny", "--set", "training.global_batch_size=4",
+         "--set", "training.warmup_steps=1", "--set", "training.steps_per_checkpoint=2"]
+
+
+def _malign(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "malign.cli", *args], env=env,
+                          capture_output=True, text=True, **kwargs)
+
+
+def test_smoke_train_writes_checkpoints_and_config(tmp_path):
+    workdir = tmp_path / "run"
+    result = _malign(["train", *SMOKE, "--set", "training.steps=4",
+                      "--set", "training.strategy=cpu:2", "--workdir", str(workdir),
+                      "--verbose", "2"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
+        "step_00000002.keras", "step_00000004.keras"]
+    assert (workdir / "model.keras").is_file()
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["training"]["strategy"] == "cpu:2" and config["training"]["steps"] == 4
+    assert list((workdir / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_killed_run_resumes_from_saved_step(tmp_path):
+    workdir = tmp_path / "run"
+    args = ["train", *SMOKE, "--workdir", str(workdir), "--verbose", "0"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "malign.cli", *args,
+                             "--set", "training.steps=100000"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = workdir / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if meta.exists() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early with code {proc.returncode}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved_epoch = json.loads(meta.read_text())["epoch"]
+    saved_step = saved_epoch * 2
+    # Re-run to two more checkpoints past the saved one (only training.steps changes).
+    result = _malign([*args, "--set", f"training.steps={saved_step + 4}"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from step {saved_step}" in result.stdout
+    steps = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("*.keras"))
+    assert steps[-1] == saved_step + 4
+    assert json.loads(meta.read_text())["epoch"] == saved_epoch + 2
+
+
+def test_changed_config_in_same_workdir_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    ok = _malign(["train", *SMOKE, "--set", "training.steps=2", "--workdir", str(workdir),
+                  "--verbose", "0"], timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = _malign(["train", *SMOKE, "--set", "training.steps=2", "--set",
+                   "training.learning_rate=0.5", "--workdir", str(workdir)], timeout=120)
+    assert bad.returncode == 2
+    assert "training.learning_rate" in bad.stderr
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    result = _malign(["train", "--preset", "tiny", "--set", "training.global_batch_size=6",
+                      "--set", "training.strategy=cpu:4", "--workdir", str(tmp_path)],
+                     timeout=120)
+    assert result.returncode == 2
+    assert "global_batch_size=6 is not divisible by the 4 replicas" in result.stderr
+    result = _malign(["train", "--preset", "huge"], timeout=120)
+    assert result.returncode == 2 and "unknown preset 'huge'" in result.stderr
+
+
+def test_parse_overrides():
+    assert parse_overrides(["a.b=1", "c.d=x,y", 'e.f=["p"]']) == {
+        "a.b": 1, "c.d": "x,y", "e.f": ["p"]}
+
+
+def test_help_lists_commands():
+    result = _malign(["--help"], timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout
+    assert Path(__file__).exists()
