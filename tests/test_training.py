@@ -1,0 +1,72 @@
+"""Schedule, optimizer, mixed precision and the in-process train() loop."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import malign
+from malign.config import ConfigError, DataConfig, ExperimentConfig, TrainingConfig
+from malign.presets import get_preset
+from malign.training import WarmupDecay, make_optimizer, random_dataset, train
+
+
+def test_schedule_linear_and_cosine():
+    linear = WarmupDecay(1e-3, 10, 110, end=0.0, decay="linear")
+    cosine = WarmupDecay(1e-3, 10, 110, end=1e-4, decay="cosine")
+    got = [float(linear(s)) for s in (0, 5, 10, 60, 110, 200)]
+    np.testing.assert_allclose(got, [0, 5e-4, 1e-3, 5e-4, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(float(cosine(60)), 1e-4 + 0.9e-3 * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(float(cosine(110)), 1e-4, rtol=1e-5)
+    assert WarmupDecay.from_config(linear.get_config()).get_config() == linear.get_config()
+
+
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+def test_weight_decay_skips_norms_biases_and_temperature(name):
+    model = malign.AlignModel.from_preset("tiny")
+    opt = make_optimizer(TrainingConfig(optimizer=name, steps=10, warmup_steps=1,
+                                        weight_decay=0.1))
+    opt.build(model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
+    assert "align_model/temperature" not in decayed
+    assert "stem_conv/kernel" in decayed
+    assert not [p for p in decayed if p.endswith(("bias", "gamma", "beta"))]
+
+
+def test_mixed_float16_wraps_loss_scaling():
+    opt = make_optimizer(TrainingConfig(mixed_precision="mixed_float16", steps=10,
+                                        warmup_steps=1))
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+
+
+def test_random_dataset_is_a_function_of_the_step():
+    cfg = get_preset("tiny")
+    a = list(random_dataset(cfg, 2, seed=3, start_step=0).take(3))
+    b = list(random_dataset(cfg, 2, seed=3, start_step=2).take(1))
+    np.testing.assert_array_equal(a[2]["token_ids"], b[0]["token_ids"])
+    ids, mask = a[0]["token_ids"].numpy(), a[0]["padding_mask"].numpy()
+    assert (ids[:, 0] == 2).all() and ((ids == 3).sum(axis=1) == 1).all()
+    assert ((ids != 0) == (mask == 1)).all()
+
+
+def test_train_mixed_bfloat16_keeps_loss_and_embeddings_float32(tmp_path):
+    exp = ExperimentConfig(
+        name="bf16", model=get_preset("tiny"), data=DataConfig(train_pattern="random"),
+        training=TrainingConfig(global_batch_size=4, steps=2, steps_per_checkpoint=2,
+                                warmup_steps=1, mixed_precision="mixed_bfloat16"),
+    )
+    model, history = train(exp, tmp_path, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    assert np.isfinite(history.history["loss"]).all()
+    assert model.image_tower.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert model.temperature_variable.dtype == "float32"
+    batch = next(iter(random_dataset(exp.model, 2)))
+    assert model(batch)["image_embeddings"].dtype == "float32"
+
+
+def test_steps_must_be_a_multiple_of_checkpoint_interval(tmp_path):
+    exp = ExperimentConfig(model=get_preset("tiny"), training=TrainingConfig(
+        global_batch_size=4, steps=5, steps_per_checkpoint=2, warmup_steps=1))
+    with pytest.raises(ConfigError, match="steps_per_checkpoint=2 must divide"):
+        train(exp, tmp_path)
