@@ -256,12 +256,76 @@ def _check_workdir_config(workdir: Path, experiment: ExperimentConfig) -> None:
         )
 
 
-def _dataset_factory(experiment: ExperimentConfig, workdir: Path, start_step: int
+def resolve_tokenizer_path(spec: str) -> Path:
+    """``""``/``"test"`` -> the checked-in test vocabulary; otherwise the path itself."""
+    if spec in ("", "test"):
+        from malign import text as text_lib
+
+        return Path(text_lib.test_vocab_path())
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.tokenizer: no such file {spec}")
+    return path
+
+
+def make_tokenizer(spec: str, model_config: ModelConfig):
+    """The tokenizer layer of ``data.tokenizer`` at the model's sequence length.
+
+    A ``.txt`` file is a WordPiece vocabulary (the English checkpoint's); anything else
+    a SentencePiece model. Its ids must fit the model's vocabulary.
+    """
+    from malign import text as text_lib
+
+    path = resolve_tokenizer_path(spec)
+    length = model_config.text.sequence_length
+    if path.suffix == ".txt":
+        tokenizer = text_lib.WordPieceTokenizer(str(path), sequence_length=length)
+    else:
+        tokenizer = text_lib.SentencePieceTokenizer(str(path), sequence_length=length)
+    if tokenizer.vocabulary_size > model_config.text.vocabulary_size:
+        raise ConfigError(
+            f"data.tokenizer: {path} has {tokenizer.vocabulary_size} ids but "
+            f"model.text.vocabulary_size is {model_config.text.vocabulary_size}"
+        )
+    return tokenizer
+
+
+def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[str, str]:
+    """Writes the synthetic train and held-out sets once; returns their shard patterns."""
+    from malign.data import schema, synthetic
+
+    n = experiment.data.synthetic_examples
+    size = experiment.model.image.image_size
+    seed = experiment.training.seed
+    patterns = []
+    for name, count, split_seed in (("train", n, seed), ("heldout", max(100, n // 10),
+                                                          seed + 100_003)):
+        prefix = directory / name
+        done = directory / f"{name}.done"
+        if not done.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            print(f"malign train: writing {count} synthetic scenes to {prefix}-*", flush=True)
+            synthetic.write_synthetic(prefix, count, image_size=size, seed=split_seed,
+                                      verbose=False)
+            done.write_text(f"{count}\n")
+        patterns.append(schema.shard_pattern(str(prefix)))
+    return patterns[0], patterns[1]
+
+
+def _data_patterns(experiment: ExperimentConfig, workdir: Path) -> tuple[str, str]:
+    data = experiment.data
+    if data.train_pattern == "synthetic":
+        train_pattern, heldout = prepare_synthetic(workdir / "data", experiment)
+        return train_pattern, data.eval_pattern or heldout
+    return data.train_pattern, data.eval_pattern
+
+
+def _dataset_factory(experiment: ExperimentConfig, train_pattern: str, start_step: int
                      ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     data = experiment.data
     training = experiment.training
 
-    if data.train_pattern == "random":
+    if train_pattern == "random":
         def random_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
             batch = ctx.get_per_replica_batch_size(training.global_batch_size)
             return random_dataset(experiment.model, batch, seed=training.seed,
@@ -269,16 +333,12 @@ def _dataset_factory(experiment: ExperimentConfig, workdir: Path, start_step: in
         return random_fn
 
     from malign import data as data_lib
-    from malign import text as text_lib
 
-    pattern = data.train_pattern
-    if pattern == "synthetic":
-        pattern = data_lib.synthetic.ensure_synthetic(workdir / "data", experiment)
-    tokenizer = text_lib.load_tokenizer(data.tokenizer, experiment.model.text.sequence_length)
+    tokenizer = make_tokenizer(data.tokenizer, experiment.model)
 
     def files_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         return data_lib.make_dataset(
-            pattern, tokenizer,
+            train_pattern, tokenizer,
             image_size=experiment.model.image.image_size,
             global_batch_size=training.global_batch_size,
             training=True,
@@ -288,6 +348,22 @@ def _dataset_factory(experiment: ExperimentConfig, workdir: Path, start_step: in
             shuffle_buffer=data.shuffle_buffer,
         )
     return files_fn
+
+
+def evaluate_after_training(model: AlignModel, experiment: ExperimentConfig, eval_pattern: str,
+                            out_dir: Path, verbose: bool = True) -> dict:
+    """Retrieval metrics of the trained model on ``eval_pattern``, written to ``out_dir``."""
+    from malign import data as data_lib
+    from malign import evaluation
+
+    tokenizer = make_tokenizer(experiment.data.tokenizer, experiment.model)
+    split = data_lib.read_eval_split(eval_pattern, model.image_size, batch_size=64,
+                                     languages=experiment.data.languages or None)
+    report = evaluation.evaluate_retrieval(model, tokenizer, split,
+                                           languages=experiment.data.languages or None,
+                                           verbose=verbose)
+    evaluation.write_retrieval_report(report, out_dir)
+    return report
 
 
 def train(
@@ -336,8 +412,9 @@ def train(
             model = AlignModel(experiment.model)
             model.compile(optimizer=make_optimizer(cfg),
                           jit_compile=resolve_jit_compile(cfg, strategy))
+        train_pattern, eval_pattern = _data_patterns(experiment, workdir)
         dataset = strategy.distribute_datasets_from_function(
-            _dataset_factory(experiment, workdir, start_step))
+            _dataset_factory(experiment, train_pattern, start_step))
         all_callbacks = [
             keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True,
                                              delete_checkpoint=False),
@@ -354,12 +431,17 @@ def train(
             verbose=verbose,
         )
         save_model_atomically(model, workdir / "model.keras")
-        if experiment.data.tokenizer:
-            from malign import text as text_lib
-
-            source = text_lib.resolve_tokenizer_path(experiment.data.tokenizer)
-            if source is not None:
-                shutil.copyfile(source, workdir / "tokenizer.model")
+        if train_pattern != "random":
+            source = resolve_tokenizer_path(experiment.data.tokenizer)
+            name = "vocab.txt" if source.suffix == ".txt" else "tokenizer.model"
+            shutil.copyfile(source, workdir / name)
+        if eval_pattern:
+            report = evaluate_after_training(model, experiment, eval_pattern,
+                                             workdir / "eval", verbose=bool(verbose))
+            summary = ", ".join(f"{lang} mR {m['mean_recall']:.1f}"
+                                for lang, m in report["languages"].items())
+            print(f"malign train: held-out retrieval: {summary} "
+                  f"(written to {workdir / 'eval'})", flush=True)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     return model, history

@@ -1,8 +1,13 @@
-"""Demo: a tiny ALIGN model trained on CPU in a few minutes.
+"""Demo: a tiny multilingual ALIGN model learns synthetic scenes on a CPU in minutes.
 
 Command: ``make demo`` (= ``malign train --recipe recipes/demo.py --workdir runs/demo``).
-Until the synthetic multilingual scenes are wired in, this trains on random data:
-it shows the training loop, checkpoints and resumption, not learning.
+
+Data: procedurally drawn scenes (shapes, colours, counts, positions) captioned in
+English, German, French and Czech from one scene description
+(``malign.data.synthetic``), written into the work directory on first use, plus a
+held-out set of new scenes. Tokenizer: the checked-in 1000-piece test vocabulary.
+After training, held-out retrieval (R@1/5/10 per language, mR) is written to
+``runs/demo/eval/``. Result: see README ("Demo").
 """
 
 from malign.config import DataConfig, ExperimentConfig, TrainingConfig
@@ -13,15 +18,23 @@ def get_config(smoke: bool = False) -> ExperimentConfig:
     return ExperimentConfig(
         name="demo",
         preset="tiny",
-        model=get_preset("tiny"),
-        data=DataConfig(train_pattern="random"),
+        model=get_preset("tiny", image_size=64, temperature_init=0.1),
+        data=DataConfig(
+            train_pattern="synthetic",
+            tokenizer="test",
+            synthetic_examples=200 if smoke else 4000,
+            shuffle_buffer=4000,
+        ),
         training=TrainingConfig(
             strategy="default",
-            global_batch_size=16,
-            steps=20 if smoke else 200,
-            steps_per_checkpoint=10 if smoke else 50,
-            warmup_steps=5 if smoke else 20,
-            optimizer="lamb",
-            learning_rate=1e-3,
+            global_batch_size=64,
+            steps=20 if smoke else 1000,
+            steps_per_checkpoint=10 if smoke else 200,
+            warmup_steps=5 if smoke else 100,
+            optimizer="adamw",
+            learning_rate=3e-3,
+            weight_decay=1e-4,
+            decay="cosine",
+            log_every_steps=20,
         ),
     )
