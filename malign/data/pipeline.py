@@ -186,28 +186,32 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None)
         before, after = tf.reduce_sum(counts[1:4]), tf.reduce_sum(new_counts[1:4])
 
         def log() -> tf.Tensor:
-            what = tf.strings.join(
-                [
-                    "dropped record '",
-                    item["id"],
-                    "' (",
-                    tf.gather(tf.constant(("",) + DROP_REASONS), reason),
-                    ")",
-                ]
-            )
             what = tf.cond(
                 failed > 0,
                 lambda: tf.strings.join(
                     [tf.strings.as_string(failed), " record(s) failed to decode"]
                 ),
-                lambda: what,
+                lambda: tf.strings.join(
+                    [
+                        "dropped record '",
+                        item["id"],
+                        "' (",
+                        tf.gather(tf.constant(("",) + DROP_REASONS), reason),
+                        ")",
+                    ]
+                ),
             )
-            tf.print(
-                "malign.data:", what, "| so far: read", new_counts[0], "records, dropped",
-                after, "(", new_counts[1], "undecodable image,", new_counts[2],
-                "no usable caption,", new_counts[3], f"no caption in languages{lang_note})",
-                output_stream=sys.stderr,
+            n = [tf.strings.as_string(new_counts[0]), tf.strings.as_string(after)] + [
+                tf.strings.as_string(new_counts[i]) for i in (1, 2, 3)
+            ]
+            message = tf.strings.join(
+                [
+                    "malign.data: ", what, " | so far: read ", n[0], " records, dropped ",
+                    n[1], " (", n[2], " undecodable image, ", n[3], " no usable caption, ",
+                    n[4], f" no caption in languages{lang_note})",
+                ]
             )
+            tf.print(message, output_stream=sys.stderr)
             return tf.constant(True)
 
         tf.cond((after > before) & _should_log(after), log, lambda: tf.constant(False))
@@ -222,7 +226,6 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None)
 def _record_stream(
     files: list[str],
     training: bool,
-    repeat: bool,
     input_context: tf.distribute.InputContext | None,
     seed: int | None,
     deterministic: bool,
@@ -234,13 +237,12 @@ def _record_stream(
     elif num_pipelines > 1:
         # Fewer files than pipelines: every pipeline reads all files in the same order and
         # keeps every num_pipelines-th record, so the pipelines see disjoint records.
-        records = tf.data.TFRecordDataset(files).shard(num_pipelines, pipeline_id)
-        return records.repeat() if repeat else records
+        return tf.data.TFRecordDataset(files).shard(num_pipelines, pipeline_id)
+    if not training:
+        # Evaluation reads the files one after the other: elements come in record order.
+        return tf.data.TFRecordDataset(files)
     file_ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        file_ds = file_ds.repeat()
+    file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return file_ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(len(files), 16),
@@ -318,16 +320,20 @@ def make_dataset(
         else global_batch_size
     )
     repeat = training if repeat is None else repeat
-    deterministic = seed is not None
+    deterministic = seed is not None or not training
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base_seed = random.SystemRandom().randrange(1 << 62) if seed is None else int(seed)
     base_seed = (base_seed + 1_000_003 * pipeline_id) % (1 << 62)
     shuffle_seed = None if seed is None else base_seed
     lang_tensor = tf.constant(list(languages), tf.string) if languages else None
 
-    ds = _record_stream(files, training, repeat, input_context, shuffle_seed, deterministic)
+    ds = _record_stream(files, training, input_context, shuffle_seed, deterministic)
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    # Repeat after shuffling: epochs stay apart, so each image comes once per epoch (and a
+    # small dataset does not fill the buffer with many copies of itself).
+    if repeat:
+        ds = ds.repeat()
     ds = ds.map(
         lambda r: _screen(r, lang_tensor),
         num_parallel_calls=tf.data.AUTOTUNE,
