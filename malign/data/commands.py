@@ -66,8 +66,18 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from malign.data.pipeline import read_eval_split
+    from malign.data.pipeline import check_shard, list_files, read_eval_split
 
+    files = list_files(args.pattern)
+    damaged = 0
+    for path in files:
+        if "://" in path:
+            continue
+        records, problem = check_shard(path)
+        if problem:
+            damaged += 1
+            print(f"damaged shard {path}: {problem} (after {records} records)")
+    print(f"{len(files)} shard files, {damaged} damaged")
     split = read_eval_split(
         args.pattern, image_size=args.image_size, batch_size=64,
         languages=_languages(args.languages), verbose=False,
@@ -79,7 +89,7 @@ def _inspect(args: argparse.Namespace) -> int:
             break
         print(f"  {split.image_ids[split.text_to_image[j]]} [{lang}] {text}")
         shown += 1
-    return 1 if split.dropped and args.strict else 0
+    return 1 if (split.dropped or damaged) and args.strict else 0
 
 
 def _add_write_options(parser: argparse.ArgumentParser) -> None:
@@ -179,5 +189,5 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--image-size", type=int, default=64)
     inspect.add_argument("--examples", type=int, default=5, help="captions to print")
     inspect.add_argument("--strict", action="store_true",
-                         help="exit with status 1 when any record is dropped")
+                         help="exit with status 1 when a record is dropped or a shard damaged")
     inspect.set_defaults(func=_inspect)

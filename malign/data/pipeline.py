@@ -12,7 +12,9 @@ are empty or not valid UTF-8 are ignored, and a record left without a caption is
 ("no usable caption", or "no caption in languages" when a language filter removed them all).
 An image that passes the screen but still fails to decode is dropped too. Each drop is
 counted and logged to stderr with the running totals (every drop up to 10, then at powers of
-two); pass a :class:`DropCounter` to read the totals from Python.
+two); pass a :class:`DropCounter` to read the totals from Python. A damaged shard file (cut
+short by an interrupted copy) is read up to the damage: local shards are checked when the
+pipeline is built and a line names each damaged one (``malign data inspect`` reports them too).
 
 Example:
     >>> import malign
@@ -115,6 +117,63 @@ def list_files(file_pattern: str | Sequence[str]) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {file_pattern}")
     return sorted(files)
+
+
+def check_shard(path: str) -> tuple[int, str | None]:
+    """Walks the record headers of a local TFRecord file without reading the records.
+
+    TFRecord files are ``[length: u64][crc: u32][data][crc: u32]`` repeated; a file cut short
+    (an interrupted copy) does not end on a record boundary. This reads 12 bytes per record,
+    so it is fast for local files; it does not verify the checksums.
+
+    Args:
+        path: a local TFRecord file.
+
+    Returns:
+        ``(records, problem)``: the number of complete records and None, or the number of
+        complete records before the damage and a description of it.
+
+    Example:
+        >>> check_shard("records/train-00000-of-00008.tfrecord")  # doctest: +SKIP
+        (512, None)
+    """
+    import os
+    import struct
+
+    size = os.path.getsize(path)
+    records = offset = 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            header = handle.read(12)
+            if len(header) < 12:
+                return records, f"truncated record header at byte {offset} of {size}"
+            (length,) = struct.unpack("<Q", header[:8])
+            end = offset + 12 + length + 4
+            if end > size:
+                return records, f"truncated record at byte {offset} of {size}"
+            handle.seek(end)
+            offset = end
+            records += 1
+    return records, None
+
+
+def _warn_damaged_shards(files: list[str]) -> None:
+    """Prints one line per damaged local shard; their readable records are still used."""
+    for path in files:
+        if "://" in path:
+            continue  # remote file systems: a seek per record would be slow
+        records, problem = check_shard(path)
+        if problem:
+            print(
+                f"malign.data: shard {path} is damaged ({problem}); its first {records} "
+                "records are used, the rest is skipped",
+                file=sys.stderr,
+            )
+
+
+def _read_file(path: tf.Tensor) -> tf.data.Dataset:
+    # A damaged file ends at the damage instead of stopping the run (see check_shard).
+    return tf.data.TFRecordDataset(path).ignore_errors()
 
 
 def _screen(serialized: tf.Tensor, languages: tf.Tensor | None) -> dict[str, tf.Tensor]:
@@ -223,6 +282,10 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None)
     return step
 
 
+def _read_files_in_order(files: list[str]) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file)
+
+
 def _record_stream(
     files: list[str],
     training: bool,
@@ -237,14 +300,14 @@ def _record_stream(
     elif num_pipelines > 1:
         # Fewer files than pipelines: every pipeline reads all files in the same order and
         # keeps every num_pipelines-th record, so the pipelines see disjoint records.
-        return tf.data.TFRecordDataset(files).shard(num_pipelines, pipeline_id)
+        return _read_files_in_order(files).shard(num_pipelines, pipeline_id)
     if not training:
         # Evaluation reads the files one after the other: elements come in record order.
-        return tf.data.TFRecordDataset(files)
+        return _read_files_in_order(files)
     file_ds = tf.data.Dataset.from_tensor_slices(files)
     file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return file_ds.interleave(
-        tf.data.TFRecordDataset,
+        _read_file,
         cycle_length=min(len(files), 16),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -309,6 +372,7 @@ def make_dataset(
         ... )  # doctest: +SKIP
     """
     files = list_files(file_pattern)
+    _warn_damaged_shards(files)
     if image_size < 1 or global_batch_size < 1:
         raise ValueError(
             f"image_size and global_batch_size must be positive, got {image_size}, "
@@ -473,6 +537,7 @@ def read_eval_split(
         array([0, 1, 2])
     """
     files = list_files(file_pattern)
+    _warn_damaged_shards(files)
     lang_tensor = tf.constant(list(languages), tf.string) if languages else None
 
     def check(index: tf.Tensor, serialized: tf.Tensor):
@@ -485,7 +550,7 @@ def read_eval_split(
         return index, item["id"], item["texts"], item["langs"], item["usable"], \
             item["reason"], item["ignored"], size
 
-    scan = tf.data.TFRecordDataset(files).enumerate()
+    scan = _read_files_in_order(files).enumerate()
     scan = scan.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     scan = scan.ignore_errors()
     reasons = dict.fromkeys(DROP_REASONS + ("captions ignored",), 0)
@@ -509,13 +574,13 @@ def read_eval_split(
                 captions.append(text.decode("utf-8"))
                 caption_langs.append(lang.decode("utf-8", "replace"))
                 text_to_image.append(len(image_ids) - 1)
-    total = tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+    total = _read_files_in_order(files).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
     reasons["undecodable image"] += int(total) - expected  # trailing decode failures
 
     keep_mask = np.zeros(int(total), dtype=bool)
     keep_mask[keep] = True
     keep_table = tf.constant(keep_mask)
-    images = tf.data.TFRecordDataset(files).enumerate()
+    images = _read_files_in_order(files).enumerate()
     images = images.filter(lambda i, r: tf.gather(keep_table, i))
     images = images.map(
         lambda i, r: decode_and_crop(

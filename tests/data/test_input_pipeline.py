@@ -211,3 +211,29 @@ def test_read_eval_split_on_multi30k(multi30k_mini, tmp_path):
 def test_no_files(tokenizer, tmp_path):
     with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
         make_dataset(str(tmp_path / "nothing-*"), tokenizer, 24, 4)
+
+
+def test_damaged_shard_is_read_up_to_the_damage(numbered_records, tokenizer, tmp_path, capfd):
+    import glob
+    import shutil
+
+    from malign.data import check_shard
+
+    files = sorted(glob.glob(numbered_records[4] + "-*"))
+    for path in files:
+        shutil.copy(path, tmp_path)
+    damaged = tmp_path / files[1].rsplit("/", 1)[1]
+    data = damaged.read_bytes()
+    assert check_shard(str(damaged)) == (6, None)
+    damaged.write_bytes(data[: len(data) - 100])  # cut inside the last record
+    records, problem = check_shard(str(damaged))
+    assert records == 5 and "truncated record" in problem
+    pattern = str(tmp_path / "items4-*")
+    ds = make_dataset(pattern, tokenizer, 24, 4, training=False, languages=["en"])
+    captions = [c for b in ds.as_numpy_iterator() for c in _captions(tokenizer, b)]
+    assert len(captions) == 23
+    assert f"shard {damaged} is damaged" in capfd.readouterr().err
+    train = make_dataset(pattern, tokenizer, 24, 4, seed=0)
+    assert len(list(train.take(12))) == 12  # keeps going, epoch after epoch
+    split = read_eval_split(pattern, 24, 8, verbose=False)
+    assert split.num_images == 23
