@@ -148,8 +148,10 @@ def _check_matrix(name: str, array) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    rows = max(1, (1 << 24) // max(1, array.shape[1]))  # bounded temporary for large arrays
+    for start in range(0, array.shape[0], rows):
+        if not np.all(np.isfinite(array[start : start + rows])):
+            raise ValueError(f"{name} contains NaN or infinite values")
     return array
 
 

@@ -12,6 +12,12 @@ ordered by ascending gallery index (the item stored first wins). This is the
 order of ``np.lexsort((index, -score))`` over a full row, and the same rule
 ``malign.evaluation.metrics`` uses for ranks.
 
+Exact means every score is computed and the ranking is that of a full sort
+of those scores. BLAS may sum a dot product in a different order for
+different block shapes, so a score can differ from the one a single
+full-matrix matmul gives by float rounding (about 1e-7 for normalised float32
+embeddings); only items whose scores differ by less than that could swap.
+
 Two backends:
 
 * ``"numpy"`` (default, CPU): one float32 BLAS matmul per block into a
@@ -278,9 +284,10 @@ def top_k_search(
     num_gallery = gallery.shape[0]
     if num_queries == 0:
         return np.zeros((0, k), dtype), np.zeros((0, k), np.int64)
-    plan = plan_search(
-        num_queries, num_gallery, dim, k, memory_budget_bytes, dtype.itemsize, query_block, gallery_block
-    )
+    # TensorFlow holds its own copies (the block as a tensor, top_k's workspace, the
+    # allocator's cache): plan its blocks for half the budget.
+    plan_budget = memory_budget_bytes // 2 if backend == "tensorflow" else memory_budget_bytes
+    plan = plan_search(num_queries, num_gallery, dim, k, plan_budget, dtype.itemsize, query_block, gallery_block)
     if check_finite:
         rows = max(1, (1 << 24) // max(1, dim))
         for start in range(0, num_queries, rows):
