@@ -46,6 +46,9 @@ DROP_REASONS = ("undecodable image", "no usable caption", "no caption in languag
 _OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE = 0, 1, 2, 3
 # Count slots: records read, the three drop reasons, captions ignored inside kept records.
 _SLOTS = ("records read",) + DROP_REASONS + ("captions ignored",)
+# The dataset functions below use explicit tf.cond/tf.case: AutoGraph has nothing to convert
+# (and cannot parse some of the lambdas), so it is switched off for them.
+_graph = tf.autograph.experimental.do_not_convert
 
 
 class DropCounter:
@@ -283,7 +286,7 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None)
 
 
 def _read_files_in_order(files: list[str]) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(files).flat_map(_read_file)
+    return tf.data.Dataset.from_tensor_slices(files).flat_map(_graph(_read_file))
 
 
 def _record_stream(
@@ -307,7 +310,7 @@ def _record_stream(
     file_ds = tf.data.Dataset.from_tensor_slices(files)
     file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return file_ds.interleave(
-        _read_file,
+        _graph(_read_file),
         cycle_length=min(len(files), 16),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -399,7 +402,7 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.map(
-        lambda r: _screen(r, lang_tensor),
+        _graph(lambda r: _screen(r, lang_tensor)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
@@ -429,22 +432,26 @@ def make_dataset(
         return index, out
 
     # Ordered, so that records removed by ignore_errors show up as gaps in the enumeration.
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_graph(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()
     initial = tf.zeros([len(_SLOTS) + 1], tf.int64)
-    ds = ds.scan(initial, _count_and_log(counter, languages))
-    ds = ds.filter(lambda item, keep: keep)
+    ds = ds.scan(initial, _graph(_count_and_log(counter, languages)))
+    ds = ds.filter(_graph(lambda item, keep: keep))
     if training:
-        ds = ds.map(lambda item, keep: {"image": item["image"], "caption": item["caption"]})
+
+        def pair(item, keep):
+            return {"image": item["image"], "caption": item["caption"]}
+
+        ds = ds.map(_graph(pair))
     else:
-        ds = ds.flat_map(
-            lambda item, keep: tf.data.Dataset.from_tensor_slices(
-                {
-                    "image": tf.repeat(item["image"][None], tf.size(item["captions"]), axis=0),
-                    "caption": item["captions"],
-                }
-            )
-        )
+
+        def pairs(item, keep):
+            n = tf.size(item["captions"])
+            images = tf.repeat(item["image"][None], n, axis=0)
+            return tf.data.Dataset.from_tensor_slices({"image": images,
+                                                       "caption": item["captions"]})
+
+        ds = ds.flat_map(_graph(pairs))
     ds = ds.batch(batch_size, drop_remainder=training)
 
     def tokenize(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -455,7 +462,7 @@ def make_dataset(
             "padding_mask": tf.cast(tokens["padding_mask"], tf.int32),
         }
 
-    ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(_graph(tokenize), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if input_context is not None:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -551,7 +558,7 @@ def read_eval_split(
             item["reason"], item["ignored"], size
 
     scan = _read_files_in_order(files).enumerate()
-    scan = scan.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    scan = scan.map(_graph(check), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     scan = scan.ignore_errors()
     reasons = dict.fromkeys(DROP_REASONS + ("captions ignored",), 0)
     keep: list[int] = []
@@ -581,11 +588,11 @@ def read_eval_split(
     keep_mask[keep] = True
     keep_table = tf.constant(keep_mask)
     images = _read_files_in_order(files).enumerate()
-    images = images.filter(lambda i, r: tf.gather(keep_table, i))
+    images = images.filter(_graph(lambda i, r: tf.gather(keep_table, i)))
     images = images.map(
-        lambda i, r: decode_and_crop(
+        _graph(lambda i, r: decode_and_crop(
             schema.parse_record(r)[schema.IMAGE_ENCODED], image_size, training=False
-        ),
+        )),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
