@@ -249,6 +249,9 @@ class TextTowerConfig(_Config):
         max_sequence_length: position embedding table size.
         sequence_length: tokens per caption fed to the tower ([CLS] ... [SEP] padded).
         projection_dim: output width (must equal the image embedding width); 0 = none.
+        activation: feed-forward activation: "gelu_approximate" (tanh approximation,
+            keras-hub's BERT default) or "gelu" (exact erf GELU, as in the transformers
+            BERT of kakaobrain/align-base; needed to load it exactly).
     """
 
     _NAME: ClassVar[str] = "text_tower"
@@ -262,9 +265,13 @@ class TextTowerConfig(_Config):
     max_sequence_length: int = 512
     sequence_length: int = 64
     projection_dim: int = 640
+    activation: str = "gelu_approximate"
 
     def validate(self) -> None:
         n = self._NAME
+        if self.activation not in ("gelu_approximate", "gelu"):
+            _fail(n, "activation",
+                  f"must be 'gelu_approximate' or 'gelu', got {self.activation!r}")
         for name in ("vocabulary_size", "num_layers", "num_heads", "hidden_dim",
                      "intermediate_dim", "max_sequence_length", "sequence_length"):
             if getattr(self, name) < 1:

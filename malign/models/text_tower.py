@@ -54,6 +54,12 @@ class TextTower(keras.Model):
         # The tanh pooler is not used (ALIGN embeds the [CLS] state); freeze it so it gets
         # no optimizer slots. It is kept so checkpoints with a pooler load completely.
         backbone.get_layer("pooled_dense").trainable = False
+        if config.activation == "gelu":
+            # BertBackbone fixes the tanh GELU; transformers BERT checkpoints use the exact one.
+            for i in range(config.num_layers):
+                layer = backbone.get_layer(f"transformer_layer_{i}")
+                layer.activation = keras.activations.gelu
+                layer._feedforward_intermediate_dense.activation = keras.activations.gelu
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
         segment_ids = keras.ops.zeros_like(token_ids)

@@ -1,0 +1,153 @@
+"""Reading transformers checkpoint files into numpy, without torch where possible.
+
+``model.safetensors`` (also sharded, with ``model.safetensors.index.json``) is read
+with the ``safetensors`` package's numpy API. ``pytorch_model.bin`` (a torch pickle)
+needs torch; without it the error says so and how to get a safetensors file.
+
+Example:
+    >>> weights = read_transformers_weights("tests/fixtures/align_tiny")  # doctest: +SKIP
+    >>> weights["temperature"].shape  # doctest: +SKIP
+    ()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ConversionError",
+    "IGNORED_BUFFER_SUFFIXES",
+    "find_weights_files",
+    "read_transformers_weights",
+]
+
+#: Checkpoint entries that are buffers, not learned weights, and are dropped on reading:
+#: batch-norm step counters and BERT's constant ``position_ids``/``token_type_ids``
+#: (``arange`` and zeros; saved by older transformers versions).
+IGNORED_BUFFER_SUFFIXES = ("num_batches_tracked", "embeddings.position_ids",
+                           "embeddings.token_type_ids")
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted exactly; the message names the weight or field."""
+
+
+def find_weights_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files of a checkpoint directory (or the file itself).
+
+    Looks for, in this order: ``model.safetensors``, the shards listed in
+    ``model.safetensors.index.json``, ``pytorch_model.bin``, the shards of
+    ``pytorch_model.bin.index.json``.
+
+    Args:
+        path: a checkpoint directory, or one ``.safetensors``/``.bin`` file.
+
+    Raises:
+        ConversionError: when there is no weight file, naming what was looked for.
+
+    Example:
+        >>> [p.name for p in find_weights_files("tests/fixtures/align_tiny")]  # doctest: +SKIP
+        ['model.safetensors']
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConversionError(f"checkpoint not found: {path}")
+    single = ("model.safetensors", "pytorch_model.bin")
+    for name in single:
+        index = path / f"{name}.index.json"
+        if (path / name).is_file():
+            return [path / name]
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            shards = sorted({path / shard for shard in weight_map.values()})
+            missing = [str(s) for s in shards if not s.is_file()]
+            if missing:
+                raise ConversionError(f"{index} lists shards that are missing: {missing}")
+            if not shards:
+                raise ConversionError(f"{index} has an empty weight_map")
+            return shards
+    raise ConversionError(
+        f"no weights in {path}: expected model.safetensors, pytorch_model.bin or a sharded "
+        "*.index.json (download the whole checkpoint directory, e.g. with "
+        "`huggingface-cli download kakaobrain/align-base --local-dir DIR`)"
+    )
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(file))
+    except (TypeError, ValueError) as error:  # e.g. bfloat16, which numpy lacks
+        raise ConversionError(
+            f"cannot read {file} with numpy ({error}); a bfloat16 checkpoint needs torch to "
+            "read, or re-save it in float32"
+        ) from error
+
+
+def _read_torch_pickle(file: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(
+            f"{file} is a PyTorch pickle and reading it needs torch, which is not installed. "
+            "Install torch (`pip install torch`), or use the checkpoint's model.safetensors "
+            "(kakaobrain/align-base ships one), which malign reads without torch."
+        ) from None
+    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    out = {}
+    for key, value in state.items():
+        if not hasattr(value, "detach"):
+            raise ConversionError(f"{file}: entry {key!r} is not a tensor ({type(value).__name__})")
+        value = value.detach()
+        if value.is_floating_point() and value.dtype != torch.float64:
+            value = value.float()
+        out[key] = value.numpy()
+    return out
+
+
+def read_transformers_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads every tensor of a transformers checkpoint into numpy arrays by name.
+
+    Floating-point tensors come back as float32. Entries named in
+    ``IGNORED_BUFFER_SUFFIXES`` are dropped (they hold no learned values).
+
+    Args:
+        path: a checkpoint directory, or one weight file.
+
+    Returns:
+        ``{name: array}`` with the checkpoint's own names (e.g.
+        ``vision_model.embeddings.convolution.weight``).
+
+    Raises:
+        ConversionError: no weight file, an unreadable one, or the same name twice.
+
+    Example:
+        >>> weights = read_transformers_weights("tests/fixtures/align_tiny")  # doctest: +SKIP
+        >>> weights["text_projection.weight"].shape  # doctest: +SKIP
+        (32, 32)
+    """
+    weights: dict[str, np.ndarray] = {}
+    for file in find_weights_files(path):
+        if file.suffix == ".safetensors":
+            part = _read_safetensors(file)
+        elif file.suffix in (".bin", ".pt", ".pth"):
+            part = _read_torch_pickle(file)
+        else:
+            raise ConversionError(f"unknown weight file type: {file} (expected .safetensors or .bin)")
+        for key, value in part.items():
+            if key in weights:
+                raise ConversionError(f"weight {key!r} appears in more than one file of {path}")
+            if key.endswith(IGNORED_BUFFER_SUFFIXES):
+                continue
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.floating):
+                value = value.astype(np.float32, copy=False)
+            weights[key] = value
+    return weights
