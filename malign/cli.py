@@ -21,6 +21,7 @@ import sys
 COMMAND_MODULES = (
     "malign.training_cli",
     "malign.evaluation.commands",
+    "malign.export_commands",
     "malign.convert.commands",
 )
 
