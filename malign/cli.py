@@ -20,6 +20,8 @@ import sys
 # Each module here defines add_subparser(subparsers). Keep one line per group.
 COMMAND_MODULES = (
     "malign.training_cli",
+    "malign.text.commands",
+    "malign.data.commands",
     "malign.evaluation.commands",
     "malign.export_commands",
     "malign.convert.commands",
