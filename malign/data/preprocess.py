@@ -189,7 +189,7 @@ def eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
         float32 ``[size, size, 3]`` in [0, 1].
 
     Example:
-        >>> eval_crop(tf.fill([10, 10, 3], tf.constant(255, tf.uint8)), 4).numpy().max()
+        >>> float(eval_crop(tf.fill([10, 10, 3], tf.constant(255, tf.uint8)), 4).numpy().max())
         1.0
     """
     shape = tf.shape(image)
