@@ -71,6 +71,7 @@ __all__ = [
     "AlignImport",
     "config_from_transformers_align",
     "from_transformers_align",
+    "import_transformers_align",
     "load_transformers_align_weights",
     "read_align_config",
     "transformers_align_tokenizer",
@@ -447,7 +448,7 @@ def load_transformers_align_weights(model, weights: dict[str, np.ndarray]) -> in
         >>> path = "tests/fixtures/align_tiny"
         >>> model = malign.AlignModel(config_from_transformers_align(path))  # doctest: +SKIP
         >>> load_transformers_align_weights(model, read_transformers_weights(path))  # doctest: +SKIP
-        135
+        175
     """
     variables = _model_variables(model)
     problems: list[str] = []
@@ -518,7 +519,20 @@ def import_transformers_align(
     image_size: int | None = None,
     sequence_length: int | None = None,
 ) -> AlignImport:
-    """Converts a checkpoint and reports its preprocessing; see ``from_transformers_align``.
+    """Converts a checkpoint and reports how to feed the result; see ``from_transformers_align``.
+
+    Args:
+        path: the checkpoint directory.
+        image_size: input size; default the processor's crop (289 for align-base).
+        sequence_length: caption length; default the tokenizer's (64 for align-base).
+
+    Returns:
+        An ``AlignImport``: the model, the image processor settings (align-base's
+        resize ratio and the model's image size when the checkpoint has no processor
+        file), the ``vocab.txt`` path, the tokenizer's lowercasing and the tensor count.
+
+    Raises:
+        ConversionError: as ``from_transformers_align``.
 
     Example:
         >>> result = import_transformers_align("tests/fixtures/align_tiny")  # doctest: +SKIP
@@ -621,5 +635,8 @@ def transformers_align_tokenizer(path: str | os.PathLike, sequence_length: int |
                               "ships with the checkpoint (download the whole directory)")
     if sequence_length is None:
         sequence_length = _sequence_length_of(directory)
+        if (directory / "config.json").is_file():  # as the converted model's
+            text = read_align_config(directory)["text_config"]
+            sequence_length = min(sequence_length, int(text["max_position_embeddings"]))
     return WordPieceTokenizer(str(vocabulary), sequence_length=int(sequence_length),
                               lowercase=_lowercase_of(directory))

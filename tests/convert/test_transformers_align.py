@@ -305,3 +305,32 @@ def test_align_base_settings():
     assert (settings.resize, settings.crop, settings.image_size) == ((346, 346), (289, 289), 289)
     out = convert.processor_image_preprocess(np.zeros((300, 500, 3), np.uint8), settings)
     assert out.shape == (289, 289, 3)
+
+
+def test_pytorch_bin_is_read_when_torch_is_installed(tmp_path, outputs):
+    torch = pytest.importorskip("torch")
+    from safetensors.numpy import load_file
+
+    src = _copy_fixture(tmp_path)
+    weights = load_file(str(src / "model.safetensors"))
+    state = {k: torch.from_numpy(v) for k, v in weights.items()}
+    state["vision_model.embeddings.batchnorm.num_batches_tracked"] = torch.tensor(3)
+    torch.save(state, src / "pytorch_model.bin")
+    (src / "model.safetensors").unlink()
+    model = convert.from_transformers_align(src)
+    assert _max_diff(model.embed_image(_images()), outputs["image_embeds"]) == 0.0
+
+
+def test_converted_model_fine_tunes():
+    """One fit step: the loss is finite, the towers and temperature train, the pooler does not."""
+    model = convert.from_transformers_align(FIXTURE)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    x = {"image": _images(), **{k: v[:3] for k, v in _text().items()}}
+    pooler = model.text_tower.backbone.get_layer("pooled_dense").kernel.value.numpy()
+    stem = model.image_tower.get_layer("stem_conv").kernel.value.numpy()
+    history = model.fit(x, batch_size=3, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.array_equal(model.image_tower.get_layer("stem_conv").kernel.value.numpy(), stem)
+    np.testing.assert_array_equal(
+        model.text_tower.backbone.get_layer("pooled_dense").kernel.value.numpy(), pooler)
+    assert float(model.temperature) != pytest.approx(RECORD["temperature"], abs=1e-9)
