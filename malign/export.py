@@ -5,28 +5,25 @@ holding a SavedModel whose graph does everything a client would otherwise have t
 tokenization (the SentencePiece model is a constant of the graph and a file in ``assets/``)
 and image decoding plus the evaluation centre crop (:func:`malign.data.preprocess.decode_and_crop`,
 the very function ``malign eval`` uses). The SavedModel needs only ``tensorflow`` and
-``tensorflow_text`` to run: no malign, no Keras, no keras-hub.
+``tensorflow_text`` to run: neither malign nor keras-hub.
 
-Signatures (``N`` = batch, ``D`` = embedding width; embeddings are L2-normalised float32):
+Signatures (``N`` = batch size, ``D`` = embedding width; embeddings are L2-normalised float32):
 
-===================  ==============================================  =====================================
-name                 inputs                                          outputs
-===================  ==============================================  =====================================
-``embed_text``       ``text``: string ``[N]`` (UTF-8 captions)        ``embeddings``: float32 ``[N, D]``
-``embed_image``      ``image_bytes``: string ``[N]`` (JPEG, PNG,       ``embeddings``: float32 ``[N, D]``
-                     GIF, BMP or WebP files)
-``serving_default``  ``image_bytes`` ``[N_i]``, ``text`` ``[N_t]``      ``image_embeddings`` ``[N_i, D]``,
-                                                                     ``text_embeddings`` ``[N_t, D]``,
-                                                                     ``logits`` ``[N_i, N_t]``
-===================  ==============================================  =====================================
+- ``embed_text``: ``text`` string ``[N]`` (UTF-8 captions) -> ``embeddings`` ``[N, D]``.
+- ``embed_image``: ``image_bytes`` string ``[N]`` (JPEG, PNG, GIF, BMP or WebP files) ->
+  ``embeddings`` ``[N, D]``.
+- ``serving_default``: ``image_bytes`` ``[N_i]`` and ``text`` ``[N_t]`` ->
+  ``image_embeddings`` ``[N_i, D]``, ``text_embeddings`` ``[N_t, D]`` and ``logits``
+  ``[N_i, N_t]`` (similarity / temperature, as in training).
 
 An export of one tower (``towers=("text",)``, e.g. a distilled student's text encoder)
 has that tower's signature, and ``serving_default`` is the same function.
 
 Bad input fails the request with ``INVALID_ARGUMENT`` and a message that names the
 element: ``image_bytes[3] (12 bytes) is not a JPEG, PNG, GIF, BMP or WebP file``,
-``image_bytes[0] (1874 bytes) is a truncated JPEG (no end-of-image marker)``, ``text[1] is not valid
-UTF-8``. An empty caption embeds as ``[CLS] [SEP]``; a batch of zero rows gives zero rows.
+``image_bytes[0] (1874 bytes) is a truncated JPEG (no end-of-image marker)``,
+``text[1] is not valid UTF-8``. An empty caption embeds as ``[CLS] [SEP]``; a batch of zero
+rows gives zero rows.
 
 Next to the SavedModel, ``assets.extra/model.json`` is the model card (preset, embedding
 width, tokenizer, image size, preprocessing, training data, evaluation figures, the export's
@@ -310,9 +307,9 @@ def _tf_variable(variable: Any) -> tf.Variable:
 
 
 def _tf_variables(layer: Any) -> list[tf.Variable]:
-    """Every weight of a Keras layer or model, as ``tf.Variable`` objects."""
+    """Every variable of a Keras layer or model, as ``tf.Variable`` objects."""
     seen: dict[int, tf.Variable] = {}
-    for variable in layer.weights:
+    for variable in layer.variables:
         value = _tf_variable(variable)
         seen.setdefault(id(value), value)
     return list(seen.values())

@@ -31,6 +31,8 @@ CAPTIONS = [
     "",
     "Зимний пейзаж: красные дома у реки, снег, дети катаются на санках и смеются",
 ]
+# Keras' own .keras saving (the CLI test) trips numpy 2's copy-keyword warning; not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
@@ -326,6 +328,21 @@ def test_versions_and_argument_checks(setup, tmp_path):
         export.export_saved_model(model, short, tmp_path)
     with pytest.raises(ValueError, match="tokenizer"):
         export.export_saved_model(model, None, tmp_path, towers="text")
+
+
+def test_next_version_and_overwrite(setup, tmp_path):
+    student, tokenizer = setup["student"], setup["tokenizer"]
+    base = tmp_path / "serving"
+    (base / "7").mkdir(parents=True)  # an older version TF Serving would be serving
+    first = export.export_saved_model(student, tokenizer, base, version=None, towers="text",
+                                      verify=False)
+    assert first.name == "8"
+    (first / "stale-file").write_text("from the replaced export")
+    again = export.export_saved_model(student, tokenizer, base, version=8, towers="text",
+                                      verify=False, overwrite=True)
+    assert again == first and not (again / "stale-file").exists()
+    assert export.read_model_card(again)["version"] == 8
+    assert sorted(p.name for p in base.iterdir()) == ["7", "8"]  # no staging left behind
 
 
 def test_cli_export_finds_tokenizer_training_and_evaluation(setup, tmp_path):
