@@ -20,8 +20,9 @@ embeddings); only items whose scores differ by less than that could swap.
 
 Two backends:
 
-* ``"numpy"`` (default, CPU): one float32 BLAS matmul per block into a
-  preallocated buffer, then a threshold filter. Each query keeps its current
+* ``"numpy"`` (default, CPU): one float32 BLAS matmul per block into one of
+  two preallocated buffers (a worker thread computes the next block while the
+  current one is reduced), then a threshold filter. Each query keeps its current
   k-th best score; the block's columns are split into ``lanes`` (column ``j``
   belongs to lane ``j % lanes``), and a vectorised maximum per lane, far
   cheaper than a sort, shows which few lanes can hold a better score. Only
@@ -47,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Literal
 
@@ -91,7 +93,7 @@ def _lanes_for(gallery_block: int, k: int) -> int:
 def _working_bytes(qb: int, gb: int, dim: int, k: int, itemsize: int) -> int:
     lanes = _lanes_for(gb, k)
     per_lane = -(-gb // lanes)
-    scores = qb * gb * itemsize
+    scores = 2 * qb * gb * itemsize  # two buffers: one is reduced while the next is computed
     casts = (qb + gb) * dim * itemsize
     lane_max = 2 * qb * lanes * itemsize
     # Gathered lanes of one row group (values + column ids + mask), capped in
@@ -314,23 +316,39 @@ def _numpy_search(queries, gallery, k, plan: SearchPlan, dtype, check_finite):
     top_index = np.full((num_queries, k), -1, np.int64)
     # kth[q] is the k-th best score so far (-inf until k items were seen).
     kth = np.full(num_queries, -np.inf, dtype)
-    flat = np.empty(plan.query_block * plan.gallery_block, dtype)
-    lane_buffer = np.empty(plan.query_block * plan.lanes, dtype)
     query_blocks = [
         (start, min(start + plan.query_block, num_queries))
         for start in range(0, num_queries, plan.query_block)
     ]
-    if len(query_blocks) == 1:  # cast once when it is reused for every gallery block
-        cached = _as_block(queries, 0, num_queries, dtype, False)
-    for g0 in range(0, num_gallery, plan.gallery_block):
-        g1 = min(g0 + plan.gallery_block, num_gallery)
-        block = _as_block(gallery, g0, g1, dtype, check_finite)
-        width = g1 - g0
-        lanes = min(plan.lanes, width)
-        for q0, q1 in query_blocks:
-            q = cached if len(query_blocks) == 1 else _as_block(queries, q0, q1, dtype, False)
-            scores = flat[: (q1 - q0) * width].reshape(q1 - q0, width)
-            np.matmul(q, block.T, out=scores)
+    # Tasks in gallery order: a query's running top-k only ever merges later items.
+    tasks = [
+        (g0, min(g0 + plan.gallery_block, num_gallery), q0, q1)
+        for g0 in range(0, num_gallery, plan.gallery_block)
+        for q0, q1 in query_blocks
+    ]
+    # Two score buffers: a worker thread runs the next block's matmul (BLAS releases
+    # the GIL) while this thread reduces the current one.
+    buffers = [np.empty(plan.query_block * plan.gallery_block, dtype) for _ in range(min(2, len(tasks)))]
+    lane_buffer = np.empty(plan.query_block * plan.lanes, dtype)
+    cached = _as_block(queries, 0, num_queries, dtype, False) if len(query_blocks) == 1 else None
+    current: dict = {}
+
+    def matmul(i: int) -> np.ndarray:
+        g0, g1, q0, q1 = tasks[i]
+        if current.get("start") != g0:  # each gallery block is read (and cast) once
+            current["start"], current["block"] = g0, _as_block(gallery, g0, g1, dtype, check_finite)
+        q = cached if cached is not None else _as_block(queries, q0, q1, dtype, False)
+        scores = buffers[i % len(buffers)][: (q1 - q0) * (g1 - g0)].reshape(q1 - q0, g1 - g0)
+        np.matmul(q, current["block"].T, out=scores)
+        return scores
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="malign-topk") as worker:
+        pending = worker.submit(matmul, 0)
+        for i, (g0, g1, q0, q1) in enumerate(tasks):
+            scores = pending.result()
+            if i + 1 < len(tasks):
+                pending = worker.submit(matmul, i + 1)
+            lanes = min(plan.lanes, g1 - g0)
             lane_max = lane_buffer[: (q1 - q0) * lanes].reshape(q1 - q0, lanes)
             _lane_maxima(scores, lanes, lane_max)
             _reduce_block(scores, lane_max, g0, k, kth[q0:q1], top_scores[q0:q1], top_index[q0:q1])
