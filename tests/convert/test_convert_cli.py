@@ -79,3 +79,17 @@ def test_help(argv, capsys):
         cli.main(argv)
     assert info.value.code == 0
     assert "transformers" in capsys.readouterr().out
+
+
+def test_imported_model_exports_with_its_tokenizer(tmp_path):
+    """The SavedModel of the imported model embeds raw captions as transformers does."""
+    import tensorflow as tf
+
+    import malign
+
+    model = malign.convert.from_transformers_align(FIXTURE)
+    tokenizer = malign.convert.transformers_align_tokenizer(FIXTURE)
+    path = malign.export.export_saved_model(model, tokenizer, tmp_path / "export", version=1)
+    loaded = tf.saved_model.load(str(path))
+    out = loaded.signatures["embed_text"](text=tf.constant(["A photo of a cat."]))
+    assert np.abs(out["embeddings"].numpy() - REFERENCE["text_embeds"][:1]).max() <= 1e-4
