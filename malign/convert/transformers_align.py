@@ -556,10 +556,20 @@ def import_transformers_align(
     )
     model = AlignModel(config)
     count = load_transformers_align_weights(model, weights)
-    processor = read_image_processor(directory) or ImageProcessorSettings(
-        resize=(round(config.image.image_size * 346 / 289),) * 2,
-        crop=(config.image.image_size,) * 2,
-    )
+    size = config.image.image_size
+    processor = read_image_processor(directory)
+    if processor is None:  # align-base's resize-to-crop ratio
+        processor = ImageProcessorSettings(resize=(round(size * 346 / 289),) * 2,
+                                           crop=(size,) * 2)
+    elif processor.image_size != size:  # an image_size override: scale the processor's sizes
+        scale = size / processor.image_size
+        processor = dataclasses.replace(
+            processor,
+            resize=tuple(round(v * scale) for v in processor.resize) if processor.resize else None,
+            crop=(size, size) if processor.crop else None,
+        )
+        if processor.crop is None:
+            processor = dataclasses.replace(processor, resize=(size, size))
     vocabulary = directory / "vocab.txt"
     return AlignImport(model=model, image_processor=processor,
                        vocabulary=vocabulary if vocabulary.is_file() else None,

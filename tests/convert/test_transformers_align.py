@@ -334,3 +334,11 @@ def test_converted_model_fine_tunes():
     np.testing.assert_array_equal(
         model.text_tower.backbone.get_layer("pooled_dense").kernel.value.numpy(), pooler)
     assert float(model.temperature) != pytest.approx(RECORD["temperature"], abs=1e-9)
+
+
+def test_image_size_override_scales_the_processor():
+    result = convert.import_transformers_align(FIXTURE, image_size=101, sequence_length=8)
+    assert result.model.image_size == 101 and result.model.sequence_length == 8
+    assert result.image_processor.crop == (101, 101)
+    assert result.image_processor.resize == (round(80 * 101 / 67),) * 2
+    assert result.model.embed_image(np.zeros((1, 101, 101, 3), np.float32)).shape == (1, 32)
