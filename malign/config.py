@@ -402,6 +402,9 @@ class TrainingConfig(_Config):
         jit_compile: "auto" (XLA on TPU/GPU, not CPU), "true" or "false".
         seed: random seed.
         log_every_steps: TensorBoard update frequency.
+        init_from: optional ``.keras`` model (e.g. a converted checkpoint) whose weights
+            start the run; its weights must match the model config's shapes. The
+            optimizer starts fresh. Ignored when the run resumes from its backup.
     """
 
     _NAME: ClassVar[str] = "training"
@@ -424,6 +427,7 @@ class TrainingConfig(_Config):
     jit_compile: str = "auto"
     seed: int = 0
     log_every_steps: int = 10
+    init_from: str = ""
 
     def validate(self) -> None:
         n = self._NAME

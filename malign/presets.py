@@ -53,6 +53,7 @@ _BERT_BASE = TextTowerConfig(
     max_sequence_length=512,
     sequence_length=64,
     projection_dim=640,
+    activation="gelu",  # BERT's exact (erf) GELU, as in the released checkpoint
 )
 
 PRESETS: dict[str, ModelConfig] = {

@@ -256,6 +256,30 @@ def _check_workdir_config(workdir: Path, experiment: ExperimentConfig) -> None:
         )
 
 
+def initialize_from(model: AlignModel, path: str | os.PathLike) -> None:
+    """Copies the weights of a saved ``.keras`` model into ``model`` (same layout).
+
+    Raises:
+        ConfigError: naming ``training.init_from`` and the first weights whose names or
+            shapes differ, when the saved model does not fit the configured one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training.init_from: no such file {path}")
+    source = keras.saving.load_model(path, compile=False)
+    want = [(w.path, tuple(w.shape)) for w in model.weights]
+    got = [(w.path, tuple(w.shape)) for w in source.weights]
+    if want != got:
+        diffs = [f"{a} vs {b}" for a, b in zip(want, got) if a != b][:3]
+        raise ConfigError(
+            f"training.init_from: {path} has {len(got)} weights, the model config "
+            f"{len(want)}; they differ at: {'; '.join(diffs) or 'the count'} — use the "
+            "saved model's config (model.json / config.json) for the experiment's model"
+        )
+    model.set_weights(source.get_weights())
+    print(f"malign train: initialised {len(want)} weights from {path}", flush=True)
+
+
 def resolve_tokenizer_path(spec: str) -> Path:
     """``""``/``"test"`` -> the checked-in test vocabulary; otherwise the path itself."""
     if spec in ("", "test"):
@@ -412,6 +436,8 @@ def train(
             model = AlignModel(experiment.model)
             model.compile(optimizer=make_optimizer(cfg),
                           jit_compile=resolve_jit_compile(cfg, strategy))
+        if cfg.init_from and not start_step:
+            initialize_from(model, cfg.init_from)
         train_pattern, eval_pattern = _data_patterns(experiment, workdir)
         dataset = strategy.distribute_datasets_from_function(
             _dataset_factory(experiment, train_pattern, start_step))

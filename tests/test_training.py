@@ -70,3 +70,19 @@ def test_steps_must_be_a_multiple_of_checkpoint_interval(tmp_path):
         global_batch_size=4, steps=5, steps_per_checkpoint=2, warmup_steps=1))
     with pytest.raises(ConfigError, match="steps_per_checkpoint=2 must divide"):
         train(exp, tmp_path)
+
+
+def test_init_from_copies_weights_and_checks_layout(tmp_path):
+    source = malign.AlignModel.from_preset("tiny")
+    source.temperature_variable.assign(0.5)
+    path = tmp_path / "source.keras"
+    source.save(path)
+    exp = ExperimentConfig(model=get_preset("tiny"), training=TrainingConfig(
+        global_batch_size=4, steps=1, steps_per_checkpoint=1, warmup_steps=0,
+        learning_rate=1e-9, init_from=str(path)))
+    model, _ = train(exp, tmp_path / "run", verbose=0)
+    np.testing.assert_allclose(model.get_layer("image_tower").get_layer("stem_conv").kernel,
+                               source.image_tower.get_layer("stem_conv").kernel, atol=1e-6)
+    bad = exp.with_overrides({"model.text.vocabulary_size": 999})
+    with pytest.raises(ConfigError, match="training.init_from.*token_embedding"):
+        train(bad, tmp_path / "run2", verbose=0)
