@@ -7,7 +7,10 @@ English, German, French and Czech from one scene description
 (``malign.data.synthetic``), written into the work directory on first use, plus a
 held-out set of new scenes. Tokenizer: the checked-in 1000-piece test vocabulary.
 After training, held-out retrieval (R@1/5/10 per language, mR) is written to
-``runs/demo/eval/``. Result: see README ("Demo").
+``runs/demo/eval/``.
+
+Result (2026-11-23, 2-core CPU, 1000 steps): loss 4.16 -> 1.46; on 400 held-out scenes
+mR en 83.0, de 82.3, fr 83.7, cs 82.8 (I->T R@1 52-56%; chance 0.25%).
 """
 
 from malign.config import DataConfig, ExperimentConfig, TrainingConfig
