@@ -2,7 +2,7 @@
 
 Command: ``make demo`` (= ``malign train --recipe recipes/demo.py --workdir runs/demo``).
 
-Data: procedurally drawn scenes (shapes, colours, counts, positions) captioned in
+Data: procedurally drawn scenes (shapes, colours, counts) captioned in
 English, German, French and Czech from one scene description
 (``malign.data.synthetic``), written into the work directory on first use, plus a
 held-out set of new scenes. Tokenizer: the checked-in 1000-piece test vocabulary.

@@ -419,8 +419,9 @@ class WordPieceTokenizer(_PackedTokenizer):
         self._set_special_ids(ids, len(tokens), source)
         self._vocabulary = tokens
         self._hub_tokenizer = keras_hub.tokenizers.BertTokenizer(
-            vocabulary=tokens, lowercase=self._lowercase, _allow_python_workflow=False
-        )
+            vocabulary=tokens, lowercase=self._lowercase, strip_accents=self._lowercase,
+            _allow_python_workflow=False,
+        )  # BERT uncased lowercases *and* strips accents ("café" -> "cafe")
 
     def _tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
         with _keras_hub_tensors():

@@ -261,9 +261,6 @@ def test_tokenizer_matches_transformers_bert_tokenizer():
     assert tokenizer.cls_token_id == 101 and tokenizer.pad_token_id == 0  # BERT's ids
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "malign.text.WordPieceTokenizer(lowercase=True) does not strip accents, while BERT "
-    "uncased does ('café' -> 'cafe'); keras-hub's BertTokenizer needs strip_accents=True"))
 def test_tokenizer_strips_accents_like_bert_uncased():
     tokenizer = convert.transformers_align_tokenizer(FIXTURE)
     rows = [i for i, t in enumerate(RECORD["texts"]) if not t.isascii()]
