@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # Sub-packages loaded lazily as attributes (malign.text, malign.data, ...), so that
 # `import malign` stays cheap and a broken optional part does not break the core.
-_LAZY = ("text", "data", "training", "evaluation", "export", "convert", "distill")
+_LAZY = ("text", "data", "training", "evaluation", "export", "convert")
 
 
 def __getattr__(name):

@@ -301,17 +301,11 @@ def make_tokenizer(spec: str, model_config: ModelConfig):
     from malign import text as text_lib
 
     path = resolve_tokenizer_path(spec)
-    length = model_config.text.sequence_length
-    if path.suffix == ".txt":
-        tokenizer = text_lib.WordPieceTokenizer(str(path), sequence_length=length)
-    else:
-        tokenizer = text_lib.SentencePieceTokenizer(str(path), sequence_length=length)
-    if tokenizer.vocabulary_size > model_config.text.vocabulary_size:
-        raise ConfigError(
-            f"data.tokenizer: {path} has {tokenizer.vocabulary_size} ids but "
-            f"model.text.vocabulary_size is {model_config.text.vocabulary_size}"
-        )
-    return tokenizer
+    try:
+        return text_lib.tokenizer_from_file(path, model_config.text.sequence_length,
+                                            model_config.text.vocabulary_size)
+    except ValueError as error:
+        raise ConfigError(f"data.tokenizer: {error}") from None
 
 
 def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[str, str]:

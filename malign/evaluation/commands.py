@@ -230,19 +230,7 @@ def load_tokenizer(path: str | os.PathLike, model: Any):
     """
     from malign import text
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer not found: {path}")
-    if path.suffix == ".txt":
-        tokenizer = text.WordPieceTokenizer(str(path), sequence_length=model.sequence_length)
-    else:
-        tokenizer = text.SentencePieceTokenizer(str(path), sequence_length=model.sequence_length)
-    if tokenizer.vocabulary_size > model.vocabulary_size:
-        raise ValueError(
-            f"tokenizer {path} has {tokenizer.vocabulary_size} ids but the model's vocabulary has "
-            f"{model.vocabulary_size}: it is not the tokenizer this model was trained with"
-        )
-    return tokenizer
+    return text.tokenizer_from_file(path, model.sequence_length, model.vocabulary_size)
 
 
 def _model_and_tokenizer(args: argparse.Namespace):

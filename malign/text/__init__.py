@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from malign.text.tokenizers import SentencePieceTokenizer, WordPieceTokenizer
+from malign.text.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, tokenizer_from_file
 from malign.text.vocabulary import (
     CLS_ID,
     MASK_ID,
@@ -43,6 +43,7 @@ __all__ = [
     "balanced_sample_sizes",
     "language_from_filename",
     "test_vocab_path",
+    "tokenizer_from_file",
     "train_vocabulary",
 ]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -451,3 +452,40 @@ class WordPieceTokenizer(_PackedTokenizer):
 
     def load_assets(self, dir_path: str) -> None:
         self.set_vocabulary(os.path.join(dir_path, self.ASSET_FILENAME))
+
+
+def tokenizer_from_file(
+    path: str | os.PathLike,
+    sequence_length: int,
+    max_vocabulary_size: int | None = None,
+) -> SentencePieceTokenizer | WordPieceTokenizer:
+    """The tokenizer layer stored in a file: ``*.txt`` is WordPiece, anything else SentencePiece.
+
+    Args:
+        path: a SentencePiece model (``.model``) or a BERT WordPiece vocabulary (``.txt``).
+        sequence_length: tokens per caption.
+        max_vocabulary_size: the model's vocabulary size; a tokenizer with more ids is an
+            error (it is not the tokenizer the model was trained with).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the tokenizer has more ids than ``max_vocabulary_size``.
+
+    Example:
+        >>> import malign
+        >>> tokenizer_from_file(malign.text.test_vocab_path(), 16, 1000).vocabulary_size
+        1000
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    if path.suffix == ".txt":
+        tokenizer = WordPieceTokenizer(str(path), sequence_length=sequence_length)
+    else:
+        tokenizer = SentencePieceTokenizer(str(path), sequence_length=sequence_length)
+    if max_vocabulary_size is not None and tokenizer.vocabulary_size > max_vocabulary_size:
+        raise ValueError(
+            f"tokenizer {path} has {tokenizer.vocabulary_size} ids but the model's vocabulary has "
+            f"{max_vocabulary_size}: it is not the tokenizer this model was trained with"
+        )
+    return tokenizer
