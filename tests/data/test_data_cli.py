@@ -6,7 +6,7 @@ import gzip
 import json
 
 import tensorflow as tf
-from conftest import jpeg_bytes
+from image_bytes import jpeg_bytes
 
 import malign.text
 from malign.cli import main

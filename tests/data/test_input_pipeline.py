@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import corrupt_body_jpeg, jpeg_bytes, png_bytes
+from image_bytes import corrupt_body_jpeg, jpeg_bytes, png_bytes
 
 from malign.data import DropCounter, make_dataset, read_eval_split
 from malign.data.schema import ImageTextExample

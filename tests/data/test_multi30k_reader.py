@@ -86,7 +86,7 @@ def test_row_count_mismatch_names_the_files(fake_layout):
 
 
 def test_bad_rows_in_multi30k_are_skipped(fake_layout, tmp_path):
-    from conftest import jpeg_bytes
+    from image_bytes import jpeg_bytes
 
     images = tmp_path / "imgs"
     images.mkdir()

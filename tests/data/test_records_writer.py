@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import corrupt_body_jpeg, jpeg_bytes, png_bytes
+from image_bytes import corrupt_body_jpeg, jpeg_bytes, png_bytes
 
 from malign.data import schema
 from malign.data.writer import (
