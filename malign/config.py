@@ -402,6 +402,10 @@ class TrainingConfig(_Config):
         jit_compile: "auto" (XLA on TPU/GPU, not CPU), "true" or "false".
         seed: random seed.
         log_every_steps: TensorBoard update frequency.
+        eval_every_steps: run the retrieval evaluation on the held-out set
+            (``data.eval_pattern``, or the synthetic held-out scenes) every this many
+            steps during training and log it to TensorBoard (``logs/retrieval``);
+            0 = only once, after training.
         init_from: optional ``.keras`` model (e.g. a converted checkpoint) whose weights
             start the run; its weights must match the model config's shapes. The
             optimizer starts fresh. Ignored when the run resumes from its backup.
@@ -427,6 +431,7 @@ class TrainingConfig(_Config):
     jit_compile: str = "auto"
     seed: int = 0
     log_every_steps: int = 10
+    eval_every_steps: int = 0
     init_from: str = ""
 
     def validate(self) -> None:
@@ -453,6 +458,8 @@ class TrainingConfig(_Config):
                   f"must be float32, mixed_bfloat16 or mixed_float16, got {self.mixed_precision!r}")
         if self.jit_compile not in ("auto", "true", "false"):
             _fail(n, "jit_compile", f"must be 'auto', 'true' or 'false', got {self.jit_compile!r}")
+        if self.eval_every_steps < 0:
+            _fail(n, "eval_every_steps", f"must be >= 0 (0 = after training only), got {self.eval_every_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,3 +486,7 @@ class ExperimentConfig(_Config):
         self.model.validate()
         self.data.validate()
         self.training.validate()
+        if (self.training.eval_every_steps and not self.data.eval_pattern
+                and self.data.train_pattern != "synthetic"):
+            _fail("training", "eval_every_steps",
+                  "needs a held-out set: set data.eval_pattern (or train on 'synthetic' data)")

@@ -384,6 +384,29 @@ def evaluate_after_training(model: AlignModel, experiment: ExperimentConfig, eva
     return report
 
 
+def _periodic_evaluation(experiment: ExperimentConfig, eval_pattern: str, log_dir: Path,
+                         verbose: Any) -> list[keras.callbacks.Callback]:
+    """The in-training retrieval evaluation, when ``training.eval_every_steps`` asks for it.
+
+    The final evaluation after training is ``evaluate_after_training``'s job, so the
+    callback does not repeat it at the end of ``fit``.
+    """
+    every = experiment.training.eval_every_steps
+    if not every or not eval_pattern:
+        return []
+    from malign.evaluation import RetrievalEvaluation
+
+    return [RetrievalEvaluation(
+        eval_pattern,
+        make_tokenizer(experiment.data.tokenizer, experiment.model),
+        every_n_steps=every,
+        log_dir=log_dir,
+        languages=experiment.data.languages or None,
+        at_train_end=False,
+        verbose=verbose not in (0, False),
+    )]
+
+
 def train(
     experiment: ExperimentConfig,
     workdir: str | os.PathLike,
@@ -441,6 +464,7 @@ def train(
             StepCheckpoint(workdir / "checkpoints"),
             keras.callbacks.TensorBoard(str(workdir / "logs"), update_freq=cfg.log_every_steps,
                                         write_graph=False),
+            *_periodic_evaluation(experiment, eval_pattern, workdir / "logs", verbose),
             *(callbacks or []),
         ]
         history = model.fit(

@@ -70,6 +70,40 @@ def test_killed_run_resumes_from_saved_step(tmp_path):
     assert json.loads(meta.read_text())["epoch"] == saved_epoch + 2
 
 
+def _scalar_steps(log_dir: Path, tag: str) -> list[int]:
+    import tensorflow as tf
+
+    steps = []
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
+def test_demo_recipe_smoke_trains_evaluates_during_and_after(tmp_path):
+    """`make demo`'s recipe end to end (smoke size): synthetic data, training, the
+    in-training retrieval evaluation every 10 steps, and the final held-out report."""
+    workdir = tmp_path / "demo"
+    root = Path(__file__).resolve().parents[1]
+    result = _malign(["train", "--recipe", str(root / "recipes" / "demo.py"), "--smoke",
+                      "--set", "training.eval_every_steps=10", "--workdir", str(workdir),
+                      "--verbose", "2"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "retrieval @ step 10" in result.stdout and "held-out retrieval" in result.stdout
+    assert _scalar_steps(workdir / "logs" / "retrieval", "retrieval/en/mean_recall") == [10, 20]
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert set(metrics["languages"]) == {"en", "de", "fr", "cs"}
+    assert (workdir / "eval" / "recall.png").stat().st_size > 0
+    assert (workdir / "model.keras").is_file() and (workdir / "tokenizer.model").is_file()
+
+
+def test_eval_every_steps_needs_a_held_out_set(tmp_path):
+    result = _malign(["train", *SMOKE, "--set", "training.eval_every_steps=5",
+                      "--workdir", str(tmp_path)], timeout=120)
+    assert result.returncode == 2
+    assert "training.eval_every_steps" in result.stderr and "data.eval_pattern" in result.stderr
+
+
 def test_changed_config_in_same_workdir_is_refused(tmp_path):
     workdir = tmp_path / "run"
     ok = _malign(["train", *SMOKE, "--set", "training.steps=2", "--workdir", str(workdir),

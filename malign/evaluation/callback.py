@@ -162,7 +162,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         if "all" in report:
             groups["all"] = report["all"]
         groups["mean"] = report["mean"]
-        with self._writer.as_default(step=int(step)):
+        # record_if(True): Keras' TensorBoard callback may have switched recording off
+        # for this batch (its update_freq), which would silently drop these scalars.
+        with self._writer.as_default(step=int(step)), tf.summary.record_if(True):
             for group, metrics in groups.items():
                 for key in report["metric_keys"]:
                     tf.summary.scalar(f"retrieval/{group}/{key}", metrics[key])

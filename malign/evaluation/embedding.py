@@ -2,7 +2,8 @@
 
 The thin model-facing part of evaluation: everything after it works on numpy
 arrays. Both functions run the model in inference mode (``training=False``)
-through one ``tf.function`` per call, and return float32 arrays.
+through one ``tf.function`` per model (kept while the model lives, so evaluating
+the same model again during training does not retrace), and return float32 arrays.
 
 Example:
     >>> import malign, numpy as np
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -21,6 +23,26 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["embed_images", "embed_texts"]
+
+# model -> {"image": tf.function, "text": tf.function}; entries go with their model.
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model: Any, kind: str) -> Callable:
+    try:
+        functions = _FUNCTIONS.setdefault(model, {})
+        # A weak reference, or the cached function would keep its model alive.
+        ref = weakref.ref(model)
+    except TypeError:  # not weak-referenceable or not hashable: no caching
+        functions, ref = {}, lambda: model
+    if kind not in functions:
+        if kind == "image":
+            fn = lambda x: ref().embed_image(x, training=False)  # noqa: E731
+        else:
+            fn = lambda ids, mask: ref().embed_text(  # noqa: E731
+                {"token_ids": ids, "padding_mask": mask}, training=False)
+        functions[kind] = tf.function(fn, reduce_retracing=True)
+    return functions[kind]
 
 
 def _progress(target: int | None, unit: str, verbose: bool):
@@ -65,7 +87,7 @@ def embed_images(
         batches: Iterable = (images[i : i + batch_size] for i in range(0, num_images, batch_size))
     else:
         batches = images
-    embed = tf.function(lambda x: model.embed_image(x, training=False), reduce_retracing=True)
+    embed = _inference_function(model, "image")
     return _run(embed, batches, num_images, "image", model, verbose, _image_batch)
 
 
@@ -112,10 +134,7 @@ def embed_texts(
     captions = list(captions)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    embed = tf.function(
-        lambda ids, mask: model.embed_text({"token_ids": ids, "padding_mask": mask}, training=False),
-        reduce_retracing=True,
-    )
+    embed = _inference_function(model, "text")
 
     def batches():
         for i in range(0, len(captions), batch_size):
