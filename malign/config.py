@@ -162,6 +162,9 @@ EFFICIENTNET_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 
 NORMALIZATIONS = ("minus_one_to_one", "imagenet", "none")
+#: How evaluation and serving resize an image before the centre crop
+#: (``ImageTowerConfig.eval_resize``; ``malign.data.preprocess.eval_crop`` implements them).
+EVAL_RESIZES = ("shorter_side", "square")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +189,15 @@ class ImageTowerConfig(_Config):
         depthwise_padding: block indices whose stride-2 depthwise conv pads k//2 on both
             sides (the transformers checkpoint's rule); others pad k//2-1 before, k//2 after.
         normalization: first layer applied to [0, 1] images.
+        eval_resize: how evaluation (``malign eval``, zero-shot, the in-training retrieval
+            evaluation) and the exported SavedModel resize an image before the centre
+            ``image_size`` crop. "shorter_side" (default, the paper's): the shorter side to
+            ``malign.data.preprocess.resize_size(image_size)`` (346 for 289), aspect ratio
+            kept. "square": both sides to that size, aspect ratio not kept, rounded to whole
+            pixel values, as the ``EfficientNetImageProcessor`` of ``kakaobrain/align-base``
+            does; converted checkpoints and the ``align-base`` preset use it. Training crops
+            do not depend on it. Configs saved before this field existed load as
+            "shorter_side".
     """
 
     _NAME: ClassVar[str] = "image_tower"
@@ -206,6 +218,7 @@ class ImageTowerConfig(_Config):
     synchronized_batch_norm: bool = True
     depthwise_padding: tuple[int, ...] = ()
     normalization: str = "minus_one_to_one"
+    eval_resize: str = "shorter_side"
 
     def validate(self) -> None:
         n = self._NAME
@@ -236,6 +249,9 @@ class ImageTowerConfig(_Config):
         if self.normalization not in NORMALIZATIONS:
             _fail(n, "normalization",
                   f"must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.eval_resize not in EVAL_RESIZES:
+            _fail(n, "eval_resize",
+                  f"must be one of {EVAL_RESIZES}, got {self.eval_resize!r}")
 
 
 @dataclasses.dataclass(frozen=True)

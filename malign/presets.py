@@ -2,7 +2,9 @@
 
 - ``tiny``: a few tens of thousands of parameters, 32 px, no dropout: tests.
 - ``align-base``: the layout of the released ``kakaobrain/align-base``
-  (EfficientNet-B7 without top conv, 640-d; BERT-base uncased, 30522 WordPiece).
+  (EfficientNet-B7 without top conv, 640-d; BERT-base uncased, 30522 WordPiece),
+  evaluated and served with its processor's crop (``eval_resize="square"``: 346x346,
+  centre 289), as a converted checkpoint is.
 - ``malign-b7-mbert``: the same image tower with a multilingual BERT-base over a
   250k shared SentencePiece vocabulary.
 - ``student-b0-small``: EfficientNet-B0 + a 6-layer, 512-wide BERT over the shared
@@ -67,7 +69,9 @@ PRESETS: dict[str, ModelConfig] = {
             dropout=0.0, max_sequence_length=32, sequence_length=16, projection_dim=32,
         ),
     ),
-    "align-base": ModelConfig(image=_B7_ALIGN, text=_BERT_BASE),
+    # The checkpoint's processor squeezes every image to 346x346 before the 289 crop.
+    "align-base": ModelConfig(image=dataclasses.replace(_B7_ALIGN, eval_resize="square"),
+                              text=_BERT_BASE),
     "malign-b7-mbert": ModelConfig(
         image=_B7_ALIGN, text=dataclasses.replace(_BERT_BASE, vocabulary_size=250_000),
     ),

@@ -31,10 +31,12 @@ from malign.data.pipeline import (
     read_eval_split,
 )
 from malign.data.preprocess import (
+    EVAL_RESIZE_MODES,
     EVAL_RESIZE_RATIO,
     decode_and_crop,
     decode_image,
     eval_crop,
+    model_eval_resize,
     train_crop,
 )
 from malign.data.schema import FEATURES, ImageTextExample, parse_record, shard_pattern
@@ -51,6 +53,7 @@ from malign.data.writer import (
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER",
     "DROP_REASONS",
+    "EVAL_RESIZE_MODES",
     "EVAL_RESIZE_RATIO",
     "FEATURES",
     "CaptionRow",
@@ -65,6 +68,7 @@ __all__ = [
     "eval_crop",
     "list_files",
     "make_dataset",
+    "model_eval_resize",
     "multi30k_rows",
     "parse_record",
     "read_eval_split",

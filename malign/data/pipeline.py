@@ -37,7 +37,13 @@ import numpy as np
 import tensorflow as tf
 
 from malign.data import schema
-from malign.data.preprocess import decode_and_crop, decode_image, image_bytes_ok
+from malign.data.preprocess import (
+    DEFAULT_EVAL_RESIZE,
+    check_eval_resize,
+    decode_and_crop,
+    decode_image,
+    image_bytes_ok,
+)
 
 #: Records held for shuffling; memory is about this times the mean encoded image size.
 DEFAULT_SHUFFLE_BUFFER = 4096
@@ -330,6 +336,7 @@ def make_dataset(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     repeat: bool | None = None,
     counter: DropCounter | None = None,
+    eval_resize: str = DEFAULT_EVAL_RESIZE,
 ) -> tf.data.Dataset:
     """Builds the input pipeline over malign TFRecord shards.
 
@@ -340,8 +347,8 @@ def make_dataset(
     forever unless ``repeat=False``.
 
     Evaluation (``training=False``) yields the same keys, one element per (image, caption)
-    pair, centre-cropped, in record order, without dropping the last partial batch and
-    without repeating.
+    pair, centre-cropped (resized as ``eval_resize`` says), in record order, without
+    dropping the last partial batch and without repeating.
 
     Args:
         file_pattern: glob(s) of TFRecord shards, or a shard prefix.
@@ -360,6 +367,9 @@ def make_dataset(
         shuffle_buffer: records held for shuffling in training.
         repeat: repeat forever; defaults to ``training``.
         counter: a :class:`DropCounter` to accumulate the read/drop totals in.
+        eval_resize: the evaluation resize, "shorter_side" or "square" (see
+            ``malign.data.preprocess.eval_crop``); pass the model's,
+            ``malign.data.preprocess.model_eval_resize(model)``. Training ignores it.
 
     Returns:
         A ``tf.data.Dataset`` of dicts as described.
@@ -374,6 +384,7 @@ def make_dataset(
         ...     lambda ctx: make_dataset("demo/train", tok, 64, 64, input_context=ctx)
         ... )  # doctest: +SKIP
     """
+    check_eval_resize(eval_resize)
     files = list_files(file_pattern)
     _warn_damaged_shards(files)
     if image_size < 1 or global_batch_size < 1:
@@ -412,7 +423,8 @@ def make_dataset(
         element_seed = tf.stack([tf.constant(base_seed, tf.int64), index])
         image = tf.cond(
             tf.equal(item["reason"], _OK),
-            lambda: decode_and_crop(item["encoded"], image_size, training, element_seed),
+            lambda: decode_and_crop(item["encoded"], image_size, training, element_seed,
+                                    eval_resize=eval_resize),
             lambda: tf.zeros([image_size, image_size, 3], tf.float32),
         )
         out = {
@@ -478,6 +490,8 @@ class EvalSplit:
 
     Args:
         images: float32 ``[b, S, S, 3]`` batches in record order (centre crop).
+        eval_resize: how ``images`` were resized before the centre crop ("shorter_side"
+            or "square", see ``malign.data.preprocess.eval_crop``).
         image_ids: the id of each image, in the same order.
         captions: every usable caption.
         caption_langs: the language of each caption.
@@ -493,6 +507,7 @@ class EvalSplit:
     text_to_image: np.ndarray
     dropped: int
     drop_reasons: dict[str, int]
+    eval_resize: str = DEFAULT_EVAL_RESIZE
 
     @property
     def num_images(self) -> int:
@@ -519,12 +534,18 @@ def read_eval_split(
     batch_size: int,
     languages: Sequence[str] | None = None,
     verbose: bool = True,
+    eval_resize: str = DEFAULT_EVAL_RESIZE,
 ) -> EvalSplit:
     """Reads an evaluation split for embedding images once and captions once.
 
     Records are read in file order; a first pass decodes every image once to find the
     usable records (so the image batches and the caption list always line up), the returned
     ``images`` dataset decodes them again, centre-cropped, when iterated.
+
+    Pass the model's ``eval_resize`` (``malign.data.preprocess.model_eval_resize(model)``):
+    ``malign eval``, zero-shot, the training callback and the exported SavedModel all crop
+    as the model's config says, so a converted ``kakaobrain/align-base`` sees its
+    processor's pixels.
 
     Args:
         file_pattern: glob(s) of TFRecord shards, or a shard prefix.
@@ -533,6 +554,7 @@ def read_eval_split(
         languages: keep only captions in these languages; images left without captions
             are dropped.
         verbose: print the summary line.
+        eval_resize: "shorter_side" or "square" (see ``malign.data.preprocess.eval_crop``).
 
     Returns:
         An :class:`EvalSplit`.
@@ -543,6 +565,7 @@ def read_eval_split(
         >>> split.text_to_image[:3]  # doctest: +SKIP
         array([0, 1, 2])
     """
+    check_eval_resize(eval_resize)
     files = list_files(file_pattern)
     _warn_damaged_shards(files)
     lang_tensor = tf.constant(list(languages), tf.string) if languages else None
@@ -591,7 +614,8 @@ def read_eval_split(
     images = images.filter(_graph(lambda i, r: tf.gather(keep_table, i)))
     images = images.map(
         _graph(lambda i, r: decode_and_crop(
-            schema.parse_record(r)[schema.IMAGE_ENCODED], image_size, training=False
+            schema.parse_record(r)[schema.IMAGE_ENCODED], image_size, training=False,
+            eval_resize=eval_resize,
         )),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -605,6 +629,7 @@ def read_eval_split(
         text_to_image=np.asarray(text_to_image, dtype=np.int64),
         dropped=sum(reasons[r] for r in DROP_REASONS),
         drop_reasons=reasons,
+        eval_resize=eval_resize,
     )
     if verbose:
         print(f"malign.data: eval split {file_pattern}: {split.summary()}", file=sys.stderr)

@@ -8,6 +8,13 @@ original image's coordinates and only the window is resized, which gives the sam
 resizing the whole image first (up to interpolation) at a fraction of the cost; for JPEG the
 window alone is decoded.
 
+Evaluation has a second resize mode, a property of the model
+(``ImageTowerConfig.eval_resize``, read with :func:`model_eval_resize`): "square" resizes
+the whole image to ``resize_size(size)`` on both sides (the aspect ratio is not kept),
+rounds to whole pixel values and cuts the centre ``size x size``: the image processor of
+the released ``kakaobrain/align-base`` checkpoint (346x346, crop 289), whose numbers can
+only be reproduced with its own pixels. The default "shorter_side" is the crop above.
+
 Every output is float32 RGB in [0, 1]; each image tower normalises its input itself.
 
 Example:
@@ -15,19 +22,28 @@ Example:
     >>> image = tf.zeros([120, 200, 3], tf.uint8)
     >>> eval_crop(image, 64).shape.as_list()
     [64, 64, 3]
+    >>> eval_crop(image, 64, eval_resize="square").shape.as_list()
+    [64, 64, 3]
     >>> train_crop(image, 64, seed=tf.constant([1, 2])).dtype
     tf.float32
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
+
+from malign.config import EVAL_RESIZES, ConfigError
 
 #: ALIGN resizes to 346 and crops 289 (paper and ``kakaobrain/align-base``).
 ALIGN_RESIZE = 346
 ALIGN_CROP = 289
 #: Shorter side before cropping = ``round(size * EVAL_RESIZE_RATIO)``; used for training too.
 EVAL_RESIZE_RATIO = ALIGN_RESIZE / ALIGN_CROP
+#: The evaluation resize modes (``ImageTowerConfig.eval_resize``) and the default one.
+EVAL_RESIZE_MODES = EVAL_RESIZES
+DEFAULT_EVAL_RESIZE = "shorter_side"
 
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
@@ -48,6 +64,52 @@ def resize_size(size: int) -> int:
         (346, 268)
     """
     return int(round(size * EVAL_RESIZE_RATIO))
+
+
+def check_eval_resize(eval_resize: str) -> str:
+    """Returns ``eval_resize`` if it is a known evaluation resize mode.
+
+    Args:
+        eval_resize: "shorter_side" or "square" (see :func:`eval_crop`).
+
+    Raises:
+        ConfigError: for any other value, naming the field.
+
+    Example:
+        >>> check_eval_resize("square")
+        'square'
+    """
+    if eval_resize not in EVAL_RESIZE_MODES:
+        raise ConfigError(f"image_tower.eval_resize: must be one of {EVAL_RESIZE_MODES}, "
+                          f"got {eval_resize!r}")
+    return eval_resize
+
+
+def model_eval_resize(model: Any) -> str:
+    """The evaluation resize mode of a model: its ``ImageTowerConfig.eval_resize``.
+
+    Evaluation and export call this so that every path crops as the model asks. A model
+    with an ``eval_resize`` attribute gives that; an ``AlignModel`` its config's field; a
+    model with neither (or an ``ImageTower``'s ``tower_config``) the default
+    "shorter_side".
+
+    Args:
+        model: an ``AlignModel`` (or any model with ``model_config.image``).
+
+    Returns:
+        "shorter_side" or "square".
+
+    Example:
+        >>> import malign
+        >>> model_eval_resize(malign.AlignModel.from_preset("tiny"))
+        'shorter_side'
+    """
+    value = getattr(model, "eval_resize", None)
+    if value is None:
+        config = getattr(model, "model_config", None)
+        image = getattr(config, "image", None) or getattr(model, "tower_config", None)
+        value = getattr(image, "eval_resize", DEFAULT_EVAL_RESIZE)
+    return check_eval_resize(str(value))
 
 
 def _tail_contains(encoded: tf.Tensor, marker: bytes) -> tf.Tensor:
@@ -178,20 +240,57 @@ def train_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
     return _flip(_finish(window, size), seed)
 
 
-def eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    """ALIGN's evaluation crop: resize shorter side to ``resize_size(size)``, centre crop.
+def _square_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """The "square" evaluation crop (see :func:`eval_crop`)."""
+    side = resize_size(size)
+    image = tf.image.resize(tf.cast(image, tf.float32), [side, side], method="bilinear",
+                            antialias=True)
+    # The processor resizes uint8 images with PIL, whose output is whole pixel values.
+    image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+    offset = (side - size) // 2
+    image = tf.image.crop_to_bounding_box(image, offset, offset, size, size)
+    image = image / 255.0
+    image.set_shape([size, size, 3])
+    return image
+
+
+def eval_crop(image: tf.Tensor, size: int, eval_resize: str = DEFAULT_EVAL_RESIZE) -> tf.Tensor:
+    """ALIGN's evaluation crop: resize to ``resize_size(size)``, then the centre crop.
+
+    Two resize modes (the model's ``ImageTowerConfig.eval_resize``; pass
+    ``model_eval_resize(model)``):
+
+    - "shorter_side" (default): the shorter side becomes ``resize_size(size)`` (346 for
+      289) and the aspect ratio is kept; the centre square is cut out. Only the window is
+      resized (antialiased bilinear), which equals resizing first up to interpolation.
+    - "square": the whole image is resized to ``resize_size(size)`` on both sides (the
+      aspect ratio is not kept; antialiased bilinear), rounded to whole pixel values, and
+      the centre ``size x size`` is cut out at offset ``(resize_size(size) - size) // 2``.
+      This is the image processor of ``kakaobrain/align-base`` (346x346, crop 289): equal
+      to ``malign.convert.processor_image_preprocess`` with its settings, and within one
+      grey level of the processor itself (PIL and TensorFlow round differently).
+
+    On square images the two modes differ only by interpolation and rounding.
 
     Args:
         image: uint8 (or float in [0, 255]) ``[H, W, 3]``.
         size: output side.
+        eval_resize: "shorter_side" or "square".
 
     Returns:
         float32 ``[size, size, 3]`` in [0, 1].
 
+    Raises:
+        ConfigError: for an unknown ``eval_resize``.
+
     Example:
         >>> float(eval_crop(tf.fill([10, 10, 3], tf.constant(255, tf.uint8)), 4).numpy().max())
         1.0
+        >>> eval_crop(tf.zeros([30, 80, 3], tf.uint8), 8, eval_resize="square").shape.as_list()
+        [8, 8, 3]
     """
+    if check_eval_resize(eval_resize) == "square":
+        return _square_crop(image, size)
     shape = tf.shape(image)
     top, left, side = _window(shape[0], shape[1], size, None)
     window = tf.image.crop_to_bounding_box(image, top, left, side, side)
@@ -199,18 +298,25 @@ def eval_crop(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def decode_and_crop(
-    encoded: tf.Tensor, size: int, training: bool, seed: tf.Tensor | None = None
+    encoded: tf.Tensor,
+    size: int,
+    training: bool,
+    seed: tf.Tensor | None = None,
+    eval_resize: str = DEFAULT_EVAL_RESIZE,
 ) -> tf.Tensor:
     """Decodes and crops in one step; for JPEG only the crop window is decoded.
 
     Gives the same result as ``train_crop(decode_image(x), size, seed)`` (``training``) or
-    ``eval_crop(decode_image(x), size)``.
+    ``eval_crop(decode_image(x), size, eval_resize)``. The "square" evaluation resize needs
+    the whole image, so it decodes the whole file.
 
     Args:
         encoded: a scalar string tensor (JPEG, PNG, GIF or BMP file).
         size: output side.
         training: random crop and flip (needs ``seed``) or centre crop.
         seed: stateless seed of shape [2] for training.
+        eval_resize: the evaluation resize mode (see :func:`eval_crop`); training crops
+            ignore it.
 
     Returns:
         float32 ``[size, size, 3]`` in [0, 1].
@@ -222,6 +328,8 @@ def decode_and_crop(
     """
     if training and seed is None:
         raise ValueError("decode_and_crop(training=True) needs a seed")
+    if check_eval_resize(eval_resize) == "square" and not training:
+        return eval_crop(decode_image(encoded), size, eval_resize)
 
     def jpeg_path() -> tf.Tensor:
         shape = tf.image.extract_jpeg_shape(encoded)

@@ -237,3 +237,23 @@ def test_damaged_shard_is_read_up_to_the_damage(numbered_records, tokenizer, tmp
     assert len(list(train.take(12))) == 12  # keeps going, epoch after epoch
     split = read_eval_split(pattern, 24, 8, verbose=False)
     assert split.num_images == 23
+
+
+def test_square_eval_resize_reaches_both_eval_readers(numbered_records, tokenizer):
+    """make_dataset(training=False) and read_eval_split crop as eval_crop(..., "square")."""
+    from malign.data.preprocess import decode_image, eval_crop
+
+    # numbered_records' images are 24x30 PNGs (not square).
+    pixels = [decode_image(tf.constant(png_bytes(24, 30, seed=i))) for i in range(24)]
+    expected = [eval_crop(p, 16, eval_resize="square").numpy() for p in pixels]
+    shorter = [eval_crop(p, 16).numpy() for p in pixels]
+    split = read_eval_split(numbered_records[1], 16, 8, verbose=False, eval_resize="square")
+    assert split.eval_resize == "square"
+    images = np.concatenate(list(split.images.as_numpy_iterator()))
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
+    assert np.abs(images - np.stack(shorter)).max() > 0.1
+    ds = make_dataset(numbered_records[1], tokenizer, 16, 6, training=False, languages=["en"],
+                      eval_resize="square")
+    images = np.concatenate([b["image"] for b in ds.as_numpy_iterator()])
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
+    assert read_eval_split(numbered_records[1], 16, 8, verbose=False).eval_resize == "shorter_side"

@@ -114,3 +114,81 @@ def test_decode_and_crop_in_tf_function():
     assert fn(tf.constant(png_bytes())).shape == (16, 16, 3)
     with pytest.raises(ValueError, match="needs a seed"):
         decode_and_crop(tf.constant(png_bytes()), 16, training=True)
+
+
+# -- the "square" evaluation resize (kakaobrain/align-base's processor) ---------------------
+def _processor(size: int):
+    from malign.convert import ImageProcessorSettings
+
+    return ImageProcessorSettings(resize=(resize_size(size),) * 2, crop=(size, size))
+
+
+@pytest.mark.parametrize("height, width, size", [(47, 81, 24), (90, 40, 33), (375, 500, 289)])
+def test_square_eval_crop_equals_the_processor_preprocess(height, width, size):
+    """On a non-square JPEG: the same pixels as convert.processor_image_preprocess."""
+    from malign.convert import processor_image_preprocess
+
+    image = decode_image(tf.constant(jpeg_bytes(height, width, seed=5)))
+    square = eval_crop(image, size, eval_resize="square").numpy()
+    expected = processor_image_preprocess(image, _processor(size)).numpy()
+    assert square.shape == (size, size, 3) and square.dtype == np.float32
+    np.testing.assert_array_equal(square, expected)
+    # Whole grey levels, as the processor's uint8 resize gives.
+    np.testing.assert_allclose(square * 255, np.round(square * 255), atol=1e-4)
+    # The default crop keeps the aspect ratio: other pixels on a non-square image.
+    assert np.abs(eval_crop(image, size).numpy() - expected).max() > 0.1
+
+
+def test_square_eval_crop_squeezes_the_whole_width():
+    # Left quarter black, the rest white: only a squeezing resize keeps the black band.
+    image = np.full([40, 160, 3], 255, np.uint8)
+    image[:, :40] = 0
+    square = eval_crop(tf.constant(image), 20, eval_resize="square").numpy()
+    shorter = eval_crop(tf.constant(image), 20).numpy()
+    assert square[:, :2].max() == 0.0 and square[:, -2:].min() == 1.0
+    assert shorter.min() > 0.999  # the centre square is white
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_decode_and_crop_square_equals_decode_then_crop(kind):
+    data = png_bytes(47, 81, seed=3) if kind == "png" else jpeg_bytes(47, 81, seed=3)
+    fn = tf.function(lambda b: decode_and_crop(b, 24, training=False, eval_resize="square"),
+                     input_signature=[tf.TensorSpec([], tf.string)])
+    reference = eval_crop(decode_image(tf.constant(data)), 24, eval_resize="square").numpy()
+    # In a graph, TensorFlow may turn the division by 255 into a product: 1 ulp.
+    np.testing.assert_allclose(fn(tf.constant(data)).numpy(), reference, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(
+        decode_and_crop(tf.constant(data), 24, False, eval_resize="square").numpy(), reference)
+    # Training crops do not depend on the evaluation resize.
+    seed = tf.constant([4, 9])
+    np.testing.assert_array_equal(
+        decode_and_crop(tf.constant(data), 24, True, seed, eval_resize="square").numpy(),
+        decode_and_crop(tf.constant(data), 24, True, seed).numpy())
+
+
+def test_eval_resize_is_a_validated_config_field():
+    import malign
+    from malign.config import ConfigError, ImageTowerConfig, ModelConfig
+    from malign.data import model_eval_resize
+
+    with pytest.raises(ConfigError, match=r"image_tower\.eval_resize: .*'squash'"):
+        ImageTowerConfig(eval_resize="squash").validate()
+    with pytest.raises(ConfigError, match=r"image_tower\.eval_resize"):
+        eval_crop(tf.zeros([8, 8, 3], tf.uint8), 4, eval_resize="squash")
+    with pytest.raises(ConfigError, match=r"image_tower\.eval_resize"):
+        decode_and_crop(tf.constant(png_bytes()), 4, False, eval_resize="squash")
+    with pytest.raises(ConfigError, match=r"image_tower\.eval_resize"):
+        ModelConfig().with_overrides({"image.eval_resize": "crop"})
+    # A config written before the field existed loads with the old behaviour.
+    old = ImageTowerConfig().to_dict()
+    del old["eval_resize"]
+    assert ImageTowerConfig.from_dict(old).eval_resize == "shorter_side"
+    cfg = ImageTowerConfig.from_dict({**old, "eval_resize": "square"})
+    assert cfg.eval_resize == "square" and ImageTowerConfig.from_dict(cfg.to_dict()) == cfg
+    # Presets: align-base evaluates as its checkpoint's processor, the others as the paper.
+    assert malign.presets.get_preset("align-base").image.eval_resize == "square"
+    assert malign.presets.get_preset("malign-b7-mbert").image.eval_resize == "shorter_side"
+    tiny = malign.AlignModel.from_preset("tiny", eval_resize="square")
+    assert model_eval_resize(tiny) == "square"
+    assert model_eval_resize(malign.AlignModel.from_preset("tiny")) == "shorter_side"
+    assert model_eval_resize(object()) == "shorter_side"
