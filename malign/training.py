@@ -376,7 +376,8 @@ def evaluate_after_training(model: AlignModel, experiment: ExperimentConfig, eva
 
     tokenizer = make_tokenizer(experiment.data.tokenizer, experiment.model)
     split = data_lib.read_eval_split(eval_pattern, model.image_size, batch_size=64,
-                                     languages=experiment.data.languages or None)
+                                     languages=experiment.data.languages or None,
+                                     eval_resize=data_lib.model_eval_resize(model))
     report = evaluation.evaluate_retrieval(model, tokenizer, split,
                                            languages=experiment.data.languages or None,
                                            verbose=verbose)

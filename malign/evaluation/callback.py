@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from malign.evaluation.evaluate import evaluate_embeddings, select_languages
+from malign.evaluation.evaluate import evaluate_embeddings, select_languages, warn_if_resize_differs
 from malign.evaluation.metrics import DEFAULT_KS
 from malign.evaluation.retrieval import DEFAULT_MEMORY_BUDGET_BYTES
 
@@ -37,7 +37,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     Args:
         data: an ``EvalSplit`` (from ``malign.data.read_eval_split``) or a file
             pattern / record prefix of one, read at the first evaluation with the
-            model's image size.
+            model's image size and evaluation resize (``ImageTowerConfig.eval_resize``).
         tokenizer: strings → ``{"token_ids", "padding_mask"}`` for the model.
         every_n_steps: evaluate when the optimizer step count reaches a multiple of this.
         log_dir: TensorBoard directory; the scalars go to ``log_dir/retrieval``.
@@ -106,7 +106,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     def _get_split(self):
         if self._split is None:
             if isinstance(self.data, (str, os.PathLike)):
-                from malign.data import read_eval_split
+                from malign.data import model_eval_resize, read_eval_split
 
                 self._split = read_eval_split(
                     os.fspath(self.data),
@@ -114,9 +114,11 @@ class RetrievalEvaluation(keras.callbacks.Callback):
                     self.image_batch_size,
                     languages=self.languages,
                     verbose=self.verbose,
+                    eval_resize=model_eval_resize(self.model),
                 )
             else:
                 self._split = self.data
+                warn_if_resize_differs(self.model, self._split)
             # Fail early (at the first evaluation) on a language the set lacks.
             self._chosen = select_languages(list(self._split.caption_langs), self.languages)
             langs = np.asarray(list(self._split.caption_langs), dtype=object)

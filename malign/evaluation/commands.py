@@ -278,14 +278,16 @@ def run_retrieval(args: argparse.Namespace) -> int:
     _check_positive(args)
     if args.memory_budget_mb <= 0:
         raise ValueError("--memory-budget-mb must be positive")
-    from malign.data import read_eval_split
+    from malign.data import model_eval_resize, read_eval_split
     from malign.evaluation.evaluate import evaluate_retrieval
     from malign.evaluation.report import retrieval_markdown, write_retrieval_report
 
     started = time.time()
     model, tokenizer, tokenizer_path = _model_and_tokenizer(args)
+    eval_resize = model_eval_resize(model)
     split = read_eval_split(
-        args.data, model.image_size, args.batch_size, languages=args.languages, verbose=not args.quiet
+        args.data, model.image_size, args.batch_size, languages=args.languages, verbose=not args.quiet,
+        eval_resize=eval_resize,
     )
     report = evaluate_retrieval(
         model,
@@ -300,7 +302,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
     )
     report["meta"] = _meta(
         args, tokenizer_path, started,
-        image_size=int(model.image_size), sequence_length=int(model.sequence_length),
+        image_size=int(model.image_size), eval_resize=eval_resize,
+        sequence_length=int(model.sequence_length),
         dropped_records=int(split.dropped), search_backend=args.backend,
     )
     title = args.name or f"{args.model} on {args.data}"
@@ -344,13 +347,17 @@ def run_zero_shot(args: argparse.Namespace) -> int:
     names = {lang: names[lang] for lang in languages}
     templates = load_templates(languages, args.templates)
     model, tokenizer, tokenizer_path = _model_and_tokenizer(args)
+    from malign.data import model_eval_resize
 
+    eval_resize = model_eval_resize(model)
     if Path(args.data).is_dir():
-        images, labels, _ = read_image_folder(args.data, names, model.image_size, args.batch_size)
+        images, labels, _ = read_image_folder(args.data, names, model.image_size, args.batch_size,
+                                              eval_resize=eval_resize)
     else:
         from malign.data import read_eval_split
 
-        split = read_eval_split(args.data, model.image_size, args.batch_size, verbose=not args.quiet)
+        split = read_eval_split(args.data, model.image_size, args.batch_size, verbose=not args.quiet,
+                                eval_resize=eval_resize)
         labels = labels_from_captions(
             split.captions, split.text_to_image, split.num_images, names, split.image_ids
         )
@@ -360,6 +367,7 @@ def run_zero_shot(args: argparse.Namespace) -> int:
     )
     report["meta"] = _meta(
         args, tokenizer_path, started, classes=args.classes, templates=args.templates or "built-in",
+        image_size=int(model.image_size), eval_resize=eval_resize,
     )
     report["templates"] = templates
     title = f"zero-shot: {args.model} on {args.data}"

@@ -163,6 +163,38 @@ def evaluate_embeddings(
     return report
 
 
+def warn_if_resize_differs(model: Any, split: Any) -> None:
+    """Warns when a split's images were cropped with another resize than the model's.
+
+    ``read_eval_split(..., eval_resize=model_eval_resize(model))`` avoids it; a split
+    read with the default for a model whose config says "square" (a converted
+    ``kakaobrain/align-base``) would be scored on other pixels than the model expects.
+
+    Args:
+        model: the model being evaluated.
+        split: an ``EvalSplit`` (splits without ``eval_resize`` are not checked).
+
+    Example:
+        >>> import malign
+        >>> from types import SimpleNamespace
+        >>> warn_if_resize_differs(malign.AlignModel.from_preset("tiny"),
+        ...                        SimpleNamespace(eval_resize="shorter_side"))
+    """
+    import warnings
+
+    from malign.data.preprocess import model_eval_resize
+
+    used = getattr(split, "eval_resize", None)
+    wanted = model_eval_resize(model)
+    if used is not None and used != wanted:
+        warnings.warn(
+            f"the evaluation images were resized with eval_resize={used!r} but the model's "
+            f"config says {wanted!r}: read the split with read_eval_split(..., "
+            "eval_resize=malign.data.model_eval_resize(model)) to see the pixels the model "
+            "expects", stacklevel=3,
+        )
+
+
 def evaluate_retrieval(
     model: Any,
     tokenizer: Any,
@@ -181,7 +213,8 @@ def evaluate_retrieval(
         tokenizer: strings → ``{"token_ids", "padding_mask"}`` (the model's vocabulary
             and sequence length).
         split: a ``malign.data.EvalSplit`` (``images`` dataset in record order,
-            ``image_ids``, ``captions``, ``caption_langs``, ``text_to_image``).
+            ``image_ids``, ``captions``, ``caption_langs``, ``text_to_image``), read with
+            the model's ``eval_resize`` (a different one is warned about).
         languages: languages to report (default: all in the split).
         ks: K values of recall at K.
         text_batch_size: captions per embedding batch.
@@ -194,11 +227,13 @@ def evaluate_retrieval(
 
     Example:
         >>> import malign  # doctest: +SKIP
-        >>> split = malign.data.read_eval_split("out/m30k-val-*", 32, 64)  # doctest: +SKIP
+        >>> split = malign.data.read_eval_split("out/m30k-val-*", model.image_size, 64,
+        ...     eval_resize=malign.data.model_eval_resize(model))  # doctest: +SKIP
         >>> report = evaluate_retrieval(model, tokenizer, split)  # doctest: +SKIP
     """
     from malign.evaluation.embedding import embed_images, embed_texts
 
+    warn_if_resize_differs(model, split)
     captions = list(split.captions)
     caption_langs = list(split.caption_langs)
     chosen = select_languages(caption_langs, languages)

@@ -348,6 +348,7 @@ def read_image_folder(
     class_names: Mapping[str, Sequence[str]],
     image_size: int,
     batch_size: int = 64,
+    eval_resize: str = "shorter_side",
 ):
     """Lists ``root/<class>/*`` images and labels them by directory name.
 
@@ -359,6 +360,8 @@ def read_image_folder(
         class_names: ``{language: [names]}``.
         image_size: side of the centre crop (the model's ``image_size``).
         batch_size: images per batch.
+        eval_resize: the resize before the centre crop, the model's
+            (``malign.data.model_eval_resize(model)``): "shorter_side" or "square".
 
     Returns:
         ``(dataset of float32 [b, S, S, 3] batches, labels [N] int64, paths)``.
@@ -385,7 +388,8 @@ def read_image_folder(
     if not paths:
         raise ValueError(f"no images under {root}/<class>/ (looked for {', '.join(_IMAGE_SUFFIXES)})")
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: decode_and_crop(tf.io.read_file(p), image_size, training=False),
+        lambda p: decode_and_crop(tf.io.read_file(p), image_size, training=False,
+                                  eval_resize=eval_resize),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -149,3 +149,44 @@ def test_zero_shot_needs_templates_for_other_languages(workdir, tmp_path, capsys
                "--classes", str(tmp_path / "classes.json"), "--out", str(tmp_path)])
     assert rc == 2
     assert "no prompt templates for language 'fr'" in capsys.readouterr().err
+
+
+def test_eval_and_zero_shot_crop_as_the_model_says(workdir, multi30k_mini, tmp_path):
+    """A model whose config says eval_resize="square" (a converted align-base) is evaluated on
+    squeezed crops by `malign eval` and `malign eval zero-shot` (Flickr images are not square)."""
+    from malign.data.preprocess import decode_image, eval_crop
+    from malign.evaluation.zero_shot import read_image_folder
+
+    model = malign.AlignModel.from_preset("tiny", eval_resize="square")
+    model.save(tmp_path / "model.keras")
+    shutil.copy(malign.text.test_vocab_path(), tmp_path / "tokenizer.model")
+    rc = main(["eval", "--model", str(tmp_path / "model.keras"),
+               "--data", str(workdir / "m30k-val-task1"), "--languages", "en",
+               "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 0
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["meta"]["eval_resize"] == "square"
+    split = malign.data.read_eval_split(str(workdir / "m30k-val-task1"), 32, 64, languages=["en"],
+                                        verbose=False, eval_resize="square")
+    tok = malign.text.SentencePieceTokenizer(tmp_path / "tokenizer.model", model.sequence_length)
+    sim = np.concatenate([model.embed_image(b).numpy() for b in split.images]).astype(np.float64) \
+        @ model.embed_text(tok(np.array(split.captions))).numpy().T.astype(np.float64)
+    want = M.retrieval_metrics_from_similarity(sim, split.text_to_image)
+    for key in M.METRIC_KEYS:
+        assert report["languages"]["en"][key] == pytest.approx(want[key], abs=0.5)
+
+    folder = tmp_path / "folder" / "dog"
+    folder.mkdir(parents=True)
+    names = sorted(p.name for p in (multi30k_mini / "images").glob("*.jpg"))[:2]
+    for name in names:
+        shutil.copy(multi30k_mini / "images" / name, folder / name)
+    images, _, paths = read_image_folder(tmp_path / "folder", {"en": ["dog"]}, 32,
+                                         eval_resize="square")
+    expected = [eval_crop(decode_image(open(p, "rb").read()), 32, eval_resize="square") for p in paths]
+    np.testing.assert_allclose(next(iter(images)).numpy(), np.stack(expected), rtol=0, atol=1e-6)
+    (tmp_path / "classes.json").write_text(json.dumps({"en": ["dog", "cat"]}))
+    rc = main(["eval", "zero-shot", "--model", str(tmp_path / "model.keras"),
+               "--data", str(tmp_path / "folder"), "--classes", str(tmp_path / "classes.json"),
+               "--out", str(tmp_path / "zs"), "--quiet"])
+    assert rc == 0
+    assert json.loads((tmp_path / "zs" / "metrics.json").read_text())["meta"]["eval_resize"] == "square"

@@ -57,3 +57,26 @@ def test_callback_evaluates_every_n_steps_and_logs(records, tmp_path):
 def test_bad_interval():
     with pytest.raises(ValueError, match="every_n_steps"):
         RetrievalEvaluation("x", None, every_n_steps=0)
+
+
+def test_callback_crops_as_the_model_says(records):
+    """The callback reads its record set with the model's eval_resize; a split read with
+    another one is warned about."""
+    model = malign.AlignModel.from_preset("tiny", eval_resize="square")
+    tok = malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), model.sequence_length)
+    cb = RetrievalEvaluation(str(records), tok, every_n_steps=10, verbose=False)
+    cb.set_model(model)
+    report = cb.evaluate(step=0)
+    assert cb._split.eval_resize == "square"
+    split = malign.data.read_eval_split(str(records), model.image_size, 16, verbose=False,
+                                        eval_resize="square")
+    img = np.concatenate([model.embed_image(b).numpy() for b in split.images])
+    txt = model.embed_text(tok(np.array(split.captions))).numpy()
+    want = evaluate_embeddings(img, txt, split.text_to_image, split.caption_langs)
+    assert report["mean"]["mean_recall"] == pytest.approx(want["mean"]["mean_recall"], abs=1e-6)
+
+    shorter = malign.data.read_eval_split(str(records), model.image_size, 16, verbose=False)
+    other = RetrievalEvaluation(shorter, tok, every_n_steps=10, verbose=False)
+    other.set_model(model)
+    with pytest.warns(UserWarning, match="eval_resize='shorter_side' but the model's config says 'square'"):
+        other.evaluate(step=0)
