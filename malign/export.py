@@ -4,8 +4,9 @@
 holding a SavedModel whose graph does everything a client would otherwise have to copy:
 tokenization (the SentencePiece model is a constant of the graph and a file in ``assets/``)
 and image decoding plus the evaluation centre crop (:func:`malign.data.preprocess.decode_and_crop`,
-the very function ``malign eval`` uses). The SavedModel needs only ``tensorflow`` and
-``tensorflow_text`` to run: neither malign nor keras-hub.
+the very function ``malign eval`` uses, with the model's ``ImageTowerConfig.eval_resize``: the
+shorter side, or both sides as the ``kakaobrain/align-base`` processor does). The SavedModel
+needs only ``tensorflow`` and ``tensorflow_text`` to run: neither malign nor keras-hub.
 
 Signatures (``N`` = batch size, ``D`` = embedding width; embeddings are L2-normalised float32):
 
@@ -61,7 +62,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from malign.data.preprocess import ALIGN_CROP, ALIGN_RESIZE, decode_and_crop, resize_size
+from malign.data.preprocess import (
+    ALIGN_CROP,
+    ALIGN_RESIZE,
+    DEFAULT_EVAL_RESIZE,
+    check_eval_resize,
+    decode_and_crop,
+    model_eval_resize,
+    resize_size,
+)
 
 __all__ = [
     "EMBED_IMAGE",
@@ -145,12 +154,14 @@ def _bad_image_message(image_bytes: tf.Tensor, bad: tf.Tensor, reason: tf.Tensor
 
 
 def decode_images(image_bytes: tf.Tensor, image_size: int,
-                  input_name: str = IMAGE_INPUT) -> tf.Tensor:
+                  input_name: str = IMAGE_INPUT,
+                  eval_resize: str = DEFAULT_EVAL_RESIZE) -> tf.Tensor:
     """Decodes and centre-crops a batch of encoded images exactly as evaluation does.
 
     Each element goes through :func:`malign.data.preprocess.decode_and_crop` with
-    ``training=False`` (shorter side resized to ``round(size * 346 / 289)``, centre
-    ``size x size`` crop, values in [0, 1]). Before decoding, the batch is checked: every
+    ``training=False`` (shorter side, or with ``eval_resize="square"`` both sides, resized
+    to ``round(size * 346 / 289)``, centre ``size x size`` crop, values in [0, 1]). Before
+    decoding, the batch is checked: every
     element must start with a JPEG, PNG, GIF, BMP or WebP signature, and a JPEG must contain
     its end-of-image marker and a PNG its ``IEND`` chunk (a truncated upload). Otherwise an
     ``InvalidArgumentError`` names the bad elements, e.g. ``image_bytes[3] (12 bytes) is not a
@@ -162,6 +173,8 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
         image_bytes: string ``[N]``, each element an encoded image file.
         image_size: output side.
         input_name: the input's name in error messages.
+        eval_resize: "shorter_side" or "square", the model's
+            (``malign.data.preprocess.model_eval_resize(model)``).
 
     Returns:
         float32 ``[N, image_size, image_size, 3]`` in [0, 1].
@@ -171,6 +184,7 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
         >>> decode_images(tf.stack([jpeg, jpeg]), 16).shape.as_list()
         [2, 16, 16, 3]
     """
+    check_eval_resize(eval_resize)
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
     with tf.name_scope(f"decode_{input_name}"):
         # The first 12 bytes, zero-padded so that short inputs compare instead of failing.
@@ -212,7 +226,8 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
         with tf.control_dependencies([check]):
             image_bytes = tf.identity(image_bytes)
         images = tf.map_fn(
-            lambda encoded: decode_and_crop(encoded, image_size, training=False),
+            lambda encoded: decode_and_crop(encoded, image_size, training=False,
+                                            eval_resize=eval_resize),
             image_bytes,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
             name="decode_and_crop",
@@ -288,7 +303,9 @@ class _ServingModule(tf.Module):
         return self._ref.obj.embed_text(self.tokenizer(text), training=False)
 
     def embed_image(self, image_bytes: tf.Tensor) -> tf.Tensor:
-        images = decode_images(image_bytes, int(self._ref.obj.image_size))
+        model = self._ref.obj
+        images = decode_images(image_bytes, int(model.image_size),
+                               eval_resize=model_eval_resize(model))
         return self._ref.obj.embed_image(images, training=False)
 
     def logits(self, image_embeddings: tf.Tensor, text_embeddings: tf.Tensor) -> tf.Tensor:
@@ -476,7 +493,9 @@ def _verify(path: Path, model: Any, tokenizer: Any, towers: tuple[str, ...]) -> 
     if "image" in towers:
         probes = _probe_images(model.image_size)
         served = loaded.signatures[EMBED_IMAGE](image_bytes=tf.constant(probes))["embeddings"]
-        images = tf.stack([decode_and_crop(b, model.image_size, training=False) for b in probes])
+        mode = model_eval_resize(model)
+        images = tf.stack([decode_and_crop(b, model.image_size, training=False, eval_resize=mode)
+                           for b in probes])
         expected = _numpy(model.embed_image(images, training=False))
         result["image_max_abs_diff"] = float(np.max(np.abs(served.numpy() - expected)))
         result["images"] = len(probes)
@@ -565,15 +584,24 @@ def _model_card(model: Any, towers: tuple[str, ...], version: int, tokenizer_inf
     }
     if "image" in towers:
         size = int(model.image_size)
+        mode = model_eval_resize(model)
+        side = resize_size(size)
+        if mode == "square":
+            resize = (f"resize the whole image to {side}x{side} (= round({size} * {ALIGN_RESIZE} / "
+                      f"{ALIGN_CROP}); the aspect ratio is not kept) with antialiased bilinear "
+                      "interpolation, round to whole pixel values")
+        else:
+            resize = (f"resize the shorter side to {side} (= round({size} * {ALIGN_RESIZE} / "
+                      f"{ALIGN_CROP})) with antialiased bilinear interpolation")
         card["image"] = {
             "image_size": size,
+            "eval_resize": mode,
             "formats": ["jpeg", "png", "gif", "bmp", "webp"],
             "preprocessing": (
-                f"decode to RGB (first frame of an animation), resize the shorter side to "
-                f"{resize_size(size)} (= round({size} * {ALIGN_RESIZE} / {ALIGN_CROP})) with "
-                f"antialiased bilinear interpolation, centre crop {size}x{size}, divide by 255; "
-                "the model normalises further itself. Equal to `malign eval` "
-                "(malign.data.preprocess.decode_and_crop, training=False)."
+                f"decode to RGB (first frame of an animation), {resize}, centre crop "
+                f"{size}x{size}, divide by 255; the model normalises further itself. Equal to "
+                "`malign eval` (malign.data.preprocess.decode_and_crop, training=False, "
+                f"eval_resize={mode!r})."
             ),
         }
     if "text" in towers:

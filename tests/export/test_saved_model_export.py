@@ -1,8 +1,10 @@
 """SavedModel export: parity in a process without malign, saved_model_cli, errors, card, CLI.
 
 Three exports are made once per module (tiny sizes): both towers of a tiny model, the text
-tower of a smaller "student" alone, and its image tower alone. One fresh Python process that
-imports only tensorflow and tensorflow_text loads all three and runs every signature; the
+tower of a smaller "student" alone, and its image tower alone. The student evaluates with
+``eval_resize="square"`` (the kakaobrain/align-base processor's resize), the tiny model with
+the default shorter-side resize, so both in-graph crops are checked. One fresh Python process
+that imports only tensorflow and tensorflow_text loads all three and runs every signature; the
 tests compare what it wrote with the Keras models here.
 """
 
@@ -20,7 +22,7 @@ import tensorflow as tf
 
 import malign
 from malign import export
-from malign.data.preprocess import decode_and_crop
+from malign.data.preprocess import decode_and_crop, model_eval_resize
 
 CAPTIONS = [
     "A black dog runs across the grass.",
@@ -124,7 +126,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = malign.AlignModel.from_preset("tiny")
     model.temperature_variable.assign(0.07)  # logits must divide by it
-    student = malign.AlignModel.from_preset("tiny", num_layers=1, intermediate_dim=32)
+    student = malign.AlignModel.from_preset("tiny", num_layers=1, intermediate_dim=32,
+                                            eval_resize="square")
     tokenizer = malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), 16)
     card = {"training": {"data": "multi30k train (en, de, fr, cs)"},
             "evaluation": {"multi30k-test": {"mean_recall": 12.5}}}
@@ -157,8 +160,11 @@ def served(setup):
     return dict(np.load(out, allow_pickle=False)), info
 
 
-def _reference_images(model, encoded: list[bytes]) -> np.ndarray:
-    images = tf.stack([decode_and_crop(b, model.image_size, training=False) for b in encoded])
+def _reference_images(model, encoded: list[bytes], eval_resize: str | None = None) -> np.ndarray:
+    """The Keras model's embeddings of images cropped as ``malign eval`` crops them."""
+    mode = eval_resize or model_eval_resize(model)
+    images = tf.stack([decode_and_crop(b, model.image_size, training=False, eval_resize=mode)
+                       for b in encoded])
     return _numpy(model.embed_image(images, training=False))
 
 
@@ -206,8 +212,16 @@ def test_one_tower_exports(setup, served):
     np.testing.assert_allclose(out["student_text"], text, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(out["student_default"], out["student_text"])
     assert list(out["image_only_signatures"]) == ["embed_image", "serving_default"]
+    # The student's eval_resize is "square": the SavedModel squeezes as malign eval does.
     np.testing.assert_allclose(out["image_only"], _reference_images(student, _jpegs()),
                                rtol=0, atol=1e-5)
+    shorter = _reference_images(student, _jpegs(), eval_resize="shorter_side")
+    non_square = [0, 1, 2, 4]  # 48x80, 90x40, 20x24 and the 50x70 grayscale JPEG
+    assert np.abs(out["image_only"] - shorter)[non_square].max(axis=1).min() > 1e-3
+    card = export.read_model_card(setup["image_only"])
+    assert card["image"]["eval_resize"] == "square"
+    assert "resize the whole image to 38x38" in card["image"]["preprocessing"]
+    assert card["model_config"]["image"]["eval_resize"] == "square"
     # A one-tower export stores only that tower's weights.
     names = [name for name, _ in tf.train.list_variables(
         str(setup["text_only"] / "variables" / "variables"))]
@@ -296,6 +310,8 @@ def test_model_card_and_self_contained_assets(setup):
     card = export.read_model_card(full)
     assert card["preset"] == "tiny" and card["embedding_dim"] == 32
     assert card["image"]["image_size"] == 32 and card["text"]["sequence_length"] == 16
+    assert card["image"]["eval_resize"] == "shorter_side"
+    assert "resize the shorter side to 38" in card["image"]["preprocessing"]
     vocab = malign.text.test_vocab_path().read_bytes()
     tok = card["text"]["tokenizer"]
     assert tok["type"] == "sentencepiece" and tok["vocabulary_size"] == 1000
