@@ -143,6 +143,8 @@ def run_transformers_align(args: argparse.Namespace) -> int:
         "weights": count_params(model),
         "temperature": float(model.temperature_variable.numpy()),
         "image_processor": settings.to_dict(),
+        "eval_resize": model.model_config.image.eval_resize,
+        "eval_crop_mismatch": settings.eval_crop_mismatch(model.image_size),
         "tokenizer": {"vocabulary": str(copied) if copied else None,
                       "lowercase": result.lowercase,
                       "sequence_length": model.sequence_length},
@@ -159,6 +161,9 @@ def run_transformers_align(args: argparse.Namespace) -> int:
           f"(WordPiece, lowercase={result.lowercase}, {model.sequence_length} tokens)")
     print(f"  images:      resize {resize} ({settings.method}), centre crop {crop}, "
           f"then the model's {settings.normalization} normalisation of [0, 1] pixels")
+    mismatch = record["eval_crop_mismatch"]
+    print(f"  evaluation:  eval_resize={record['eval_resize']} (malign eval and export), "
+          + ("the processor's crop" if mismatch is None else f"not the processor's: {mismatch}"))
     print(f"  temperature: {record['temperature']:.6g}")
     print(f"  record:      {record_path}")
     if copied is None:

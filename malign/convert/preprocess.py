@@ -7,12 +7,24 @@ float32 RGB in [0, 1] and applies the ``2x - 1`` itself (its image tower's first
 so :func:`processor_image_preprocess` stops at [0, 1]: feeding its output to the
 converted model is the checkpoint's own pipeline.
 
-malign's data pipeline (``malign.data.preprocess.eval_crop``) resizes the *shorter*
-side to 346 and keeps the aspect ratio before the centre crop. On square images both
-give the same crop (up to interpolation); on others the processor's crop holds the
-whole width, squeezed, while ``eval_crop`` holds the centre square unsqueezed. Fine-tuning
-and evaluating with ``eval_crop`` is a valid choice (it is the paper's); use this module
-to reproduce the checkpoint's published numbers.
+The evaluation crop is a property of a malign model (``ImageTowerConfig.eval_resize``).
+A converted checkpoint whose processor resizes to a fixed height x width gets
+``eval_resize="square"`` (:attr:`ImageProcessorSettings.eval_resize`), and so does the
+``align-base`` preset: ``malign eval``, zero-shot, the training callback and the exported
+SavedModel then all use ``malign.data.preprocess.eval_crop(..., eval_resize="square")``,
+which resizes both sides to ``resize_size(image_size)`` (346 for 289), rounds to whole pixel
+values and cuts the centre: the same pixels as :func:`processor_image_preprocess` (tested
+equal) and within one grey level of the processor itself (PIL's and TensorFlow's
+antialiased resizes round differently). Models trained by malign keep the default
+"shorter_side" (the paper's crop: the shorter side to 346, aspect ratio kept, centre
+square). On a non-square image the processor's crop holds the whole width, squeezed,
+while the shorter-side crop holds the centre square unsqueezed, so a checkpoint is
+evaluated with its own processor's layout only through ``eval_resize="square"``.
+:meth:`ImageProcessorSettings.eval_crop_mismatch` says when a processor's sizes are not
+the ones ``eval_crop`` uses (for example another resize-to-crop ratio).
+
+This module stays the general reproduction of a processor (any height x width, any
+resample filter), e.g. to feed images to ``model.embed_image`` directly.
 
 Example:
     >>> import tensorflow as tf
@@ -68,6 +80,55 @@ class ImageProcessorSettings:
     def align_base(cls) -> ImageProcessorSettings:
         """The settings of ``kakaobrain/align-base`` (346 -> 289, bilinear, 2x - 1)."""
         return cls()
+
+    @property
+    def eval_resize(self) -> str:
+        """The malign ``ImageTowerConfig.eval_resize`` of this processor.
+
+        "square" when it resizes every image to a fixed height x width (align-base's
+        346x346), else "shorter_side".
+
+        Example:
+            >>> ImageProcessorSettings.align_base().eval_resize
+            'square'
+        """
+        return "square" if self.resize is not None else "shorter_side"
+
+    def eval_crop_mismatch(self, image_size: int) -> str | None:
+        """How malign's evaluation crop of a model with ``image_size`` differs from this
+        processor, or None when they are the same operations.
+
+        ``eval_crop(..., eval_resize=self.eval_resize)`` resizes to
+        ``resize_size(image_size)`` on both sides with antialiased bilinear interpolation
+        and crops the centre ``image_size``; a processor with another resize size, a
+        non-square resize, another filter or no resize at all gives other pixels.
+
+        Args:
+            image_size: the model's input size.
+
+        Example:
+            >>> ImageProcessorSettings.align_base().eval_crop_mismatch(289) is None
+            True
+            >>> ImageProcessorSettings(resize=(320, 320)).eval_crop_mismatch(289)
+            'the processor resizes to 320x320 and crops 289x289; malign evaluates with 346x346 and 289x289'
+        """
+        from malign.data.preprocess import resize_size
+
+        side = resize_size(image_size)
+        if self.resize is None:
+            crop = f"crops {self.crop[0]}x{self.crop[1]}" if self.crop else "does nothing"
+            return (f"the processor does not resize (it {crop}); malign evaluates by "
+                    f"resizing the shorter side to {side} and cropping {image_size}x{image_size}")
+        problems = []
+        crop = "x".join(map(str, self.crop)) if self.crop else "nothing"
+        if self.resize != (side, side) or self.crop != (image_size, image_size):
+            problems.append(f"the processor resizes to {self.resize[0]}x{self.resize[1]} and "
+                            f"crops {crop}; malign evaluates with {side}x{side} and "
+                            f"{image_size}x{image_size}")
+        if self.method != "bilinear":
+            problems.append(f"the processor resizes with {self.method}; malign evaluates "
+                            "with bilinear")
+        return "; ".join(problems) or None
 
     @property
     def image_size(self) -> int:

@@ -56,6 +56,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def read_align_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _image_tower_config(vision: dict[str, Any], image_size: int,
-                        normalization: str) -> ImageTowerConfig:
+                        normalization: str, eval_resize: str) -> ImageTowerConfig:
     def need(ok: bool, field: str, message: str) -> None:
         if not ok:
             raise ConversionError(f"vision_config.{field}: {message}")
@@ -179,6 +180,7 @@ def _image_tower_config(vision: dict[str, Any], image_size: int,
             batch_norm_momentum=float(vision["batch_norm_momentum"]),
             depthwise_padding=tuple(int(i) for i in vision["depthwise_padding"]),
             normalization=normalization,
+            eval_resize=eval_resize,
         )
         config.validate()
     except ValueError as error:
@@ -249,7 +251,10 @@ def config_from_transformers_align(
             ``model_max_length`` if it is at most 512, else 64 (``AlignProcessor``'s).
 
     Returns:
-        A validated ``ModelConfig``.
+        A validated ``ModelConfig``. Its ``image.eval_resize`` is "square" when the
+        processor resizes every image to a fixed height x width, as align-base's does
+        (also when there is no processor file: align-base's default), so that
+        ``malign eval`` and the exported SavedModel crop as the processor does.
 
     Raises:
         ConversionError: for settings malign cannot reproduce exactly.
@@ -272,7 +277,10 @@ def config_from_transformers_align(
             size = vision["image_size"]
             image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
     normalization = processor.normalization if processor is not None else "minus_one_to_one"
-    image = _image_tower_config(vision, int(image_size), normalization)
+    # Evaluate and serve with the processor's layout: a fixed height x width resize (the
+    # align-base default when there is no processor file) is eval_resize "square".
+    eval_resize = processor.eval_resize if processor is not None else "square"
+    image = _image_tower_config(vision, int(image_size), normalization, eval_resize)
     if sequence_length is None:
         sequence_length = _sequence_length_of(directory)
     text = _text_tower_config(align["text_config"], align["projection_dim"], sequence_length)
@@ -530,6 +538,8 @@ def import_transformers_align(
         An ``AlignImport``: the model, the image processor settings (align-base's
         resize ratio and the model's image size when the checkpoint has no processor
         file), the ``vocab.txt`` path, the tokenizer's lowercasing and the tensor count.
+        A processor whose sizes or filter are not those of the model's evaluation crop
+        (``settings.eval_crop_mismatch(model.image_size)``) gives a ``UserWarning``.
 
     Raises:
         ConversionError: as ``from_transformers_align``.
@@ -570,6 +580,13 @@ def import_transformers_align(
         )
         if processor.crop is None:
             processor = dataclasses.replace(processor, resize=(size, size))
+    mismatch = processor.eval_crop_mismatch(size)
+    if mismatch:
+        warnings.warn(f"{directory}: malign's evaluation and export crop "
+                      f"(eval_resize={config.image.eval_resize!r}) is not the checkpoint's "
+                      f"image processor: {mismatch}. Use "
+                      "malign.convert.processor_image_preprocess for its exact pixels.",
+                      stacklevel=2)
     vocabulary = directory / "vocab.txt"
     return AlignImport(model=model, image_processor=processor,
                        vocabulary=vocabulary if vocabulary.is_file() else None,

@@ -27,6 +27,8 @@ def test_cli_converts_and_eval_finds_the_tokenizer(tmp_path, capsys):
     record = json.loads((tmp_path / "align" / "model.conversion.json").read_text())
     assert record["tensors"] == 175 and record["tokenizer"]["lowercase"] is True
     assert record["image_processor"]["resize"] == [80, 80]
+    assert record["eval_resize"] == "square" and record["eval_crop_mismatch"] is None
+    assert "eval_resize=square (malign eval and export), the processor's crop" in printed
     assert (tmp_path / "align" / "vocab.txt").read_bytes() == (FIXTURE / "vocab.txt").read_bytes()
 
     model = keras.saving.load_model(out)

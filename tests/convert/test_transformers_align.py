@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import malign
 from malign import convert
@@ -65,6 +66,7 @@ def test_config_follows_the_checkpoint(imported):
     assert (cfg.image.width_coefficient, cfg.image.depth_coefficient) == (0.25, 0.5)
     assert cfg.image.batch_norm_epsilon == 1e-3 and cfg.image.se_ratio == 0.25
     assert cfg.image.normalization == "minus_one_to_one"
+    assert cfg.image.eval_resize == "square"  # the processor resizes to 80x80 (both sides)
     assert cfg.image.top_filters == 0 and cfg.image.projection_dim == 0
     assert len(malign.models.image_tower.block_specs(cfg.image)) == RECORD["vision_blocks"]
     assert (cfg.text.num_layers, cfg.text.hidden_dim, cfg.text.vocabulary_size) == (2, 32, 160)
@@ -119,6 +121,8 @@ def test_converted_model_saves_and_reloads_equal(imported, outputs, tmp_path):
     imported.model.save(path)
     loaded = keras.saving.load_model(path)
     assert loaded.model_config == imported.model.model_config
+    assert loaded.model_config.image.eval_resize == "square"
+    assert malign.data.model_eval_resize(loaded) == "square"
     for a, b in zip(loaded.weights, imported.model.weights):
         assert a.path == b.path
         np.testing.assert_array_equal(a.value.numpy(), b.value.numpy(), err_msg=a.path)
@@ -280,6 +284,53 @@ def test_image_preprocessing_matches_the_processor(imported):
     diff = np.abs((2.0 * image - 1.0) - REFERENCE["processed_image"])
     assert diff.max() <= 2.0 / 255.0 + 1e-6
     assert diff.mean() <= 0.01
+
+
+def test_evaluation_crop_is_the_processors_on_a_non_square_image(imported):
+    """malign eval / export pixels of the converted model (eval_resize "square") are the
+    processor's: equal to processor_image_preprocess, within one grey level of transformers."""
+    from malign.data.preprocess import decode_and_crop, eval_crop
+
+    model = imported.model
+    raw = REFERENCE["raw_image"]  # 90x70: not square
+    mode = malign.data.model_eval_resize(model)
+    assert mode == "square" and imported.image_processor.eval_crop_mismatch(67) is None
+    crop = eval_crop(raw, model.image_size, eval_resize=mode).numpy()
+    np.testing.assert_array_equal(
+        crop, convert.processor_image_preprocess(raw, imported.image_processor).numpy())
+    png = tf.io.encode_png(raw)
+    np.testing.assert_array_equal(
+        decode_and_crop(png, model.image_size, training=False, eval_resize=mode).numpy(), crop)
+    theirs = (REFERENCE["processed_image"].astype(np.float64) + 1.0) / 2.0  # back to [0, 1]
+    assert _max_diff(crop, theirs) <= 1.0 / 255.0 + 1e-5
+    # The shorter-side crop (the default) sees other pixels, and the embedding shows it.
+    shorter = eval_crop(raw, model.image_size).numpy()
+    assert _max_diff(shorter, theirs) > 0.5
+
+    def embed(image):
+        return model.embed_image(np.asarray(image, np.float32)[None]).numpy()
+
+    reference = embed(theirs)
+    assert _max_diff(embed(crop), reference) <= 0.02
+    assert _max_diff(embed(shorter), reference) > 0.1
+
+
+def test_eval_resize_follows_the_processor(tmp_path):
+    src = _copy_fixture(tmp_path)
+    nested = json.loads((src / "processor_config.json").read_text())
+    (src / "processor_config.json").unlink()  # no processor file: align-base's 346 -> 289
+    assert convert.config_from_transformers_align(src).image.eval_resize == "square"
+    no_resize = dict(nested["image_processor"], do_resize=False)
+    (src / "preprocessor_config.json").write_text(json.dumps(no_resize))
+    assert convert.config_from_transformers_align(src).image.eval_resize == "shorter_side"
+    assert "does not resize" in convert.read_image_processor(src).eval_crop_mismatch(67)
+    # Another resize-to-crop ratio than 346/289: still "square", with a warning naming sizes.
+    other = dict(nested["image_processor"], size={"height": 72, "width": 72})
+    (src / "preprocessor_config.json").write_text(json.dumps(other))
+    with pytest.warns(UserWarning, match="resizes to 72x72 and crops 67x67; malign evaluates "
+                                         "with 80x80"):
+        result = convert.import_transformers_align(src)
+    assert result.model.model_config.image.eval_resize == "square"
 
 
 def test_flat_preprocessor_config_is_read(tmp_path):
