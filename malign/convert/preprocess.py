@@ -15,7 +15,9 @@ SavedModel then all use ``malign.data.preprocess.eval_crop(..., eval_resize="squ
 which resizes both sides to ``resize_size(image_size)`` (346 for 289), rounds to whole pixel
 values and cuts the centre: the same pixels as :func:`processor_image_preprocess` (tested
 equal) and within one grey level of the processor itself (PIL's and TensorFlow's
-antialiased resizes round differently). Models trained by malign keep the default
+antialiased resizes round differently); ``decode_and_crop`` decodes JPEGs with the
+accurate integer DCT, as PIL does, so from the file bytes on the pixels stay within that
+grey level. Models trained by malign keep the default
 "shorter_side" (the paper's crop: the shorter side to 346, aspect ratio kept, centre
 square). On a non-square image the processor's crop holds the whole width, squeezed,
 while the shorter-side crop holds the centre square unsqueezed, so a checkpoint is
@@ -266,6 +268,9 @@ def read_image_processor(path: str | os.PathLike) -> ImageProcessorSettings | No
 
 def processor_image_preprocess(image: tf.Tensor, settings: ImageProcessorSettings) -> tf.Tensor:
     """The checkpoint processor's resize and centre crop, then pixels / 255.
+
+    Feed it the pixels PIL decodes (for a JPEG: ``malign.data.decode_image(data,
+    accurate_jpeg=True)``; TensorFlow's default fast DCT differs by a few grey levels).
 
     Resizes the whole image to ``settings.resize`` (aspect ratio not kept, antialiased
     like PIL), rounds to whole pixel values as the processor's uint8 resize does, cuts

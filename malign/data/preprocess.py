@@ -171,18 +171,30 @@ def image_bytes_ok_py(data: bytes) -> bool:
     return False
 
 
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+def decode_image(encoded: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
     """Decodes a JPEG/PNG (also GIF/BMP) file into uint8 RGB ``[H, W, 3]``.
 
     Args:
         encoded: a scalar string tensor holding the file's bytes.
+        accurate_jpeg: decode a JPEG with libjpeg's accurate integer DCT, as PIL does (and
+            so the transformers image processors), instead of TensorFlow's default fast
+            one; the two differ by a few grey levels at some pixels (up to 20 seen).
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros([5, 7, 3], tf.uint8))
         >>> decode_image(png).shape.as_list()
         [5, 7, 3]
     """
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    if accurate_jpeg:
+        encoded = tf.convert_to_tensor(encoded, tf.string)
+        image = tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
+                                       expand_animations=False),
+        )
+    else:
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
@@ -268,7 +280,8 @@ def eval_crop(image: tf.Tensor, size: int, eval_resize: str = DEFAULT_EVAL_RESIZ
       the centre ``size x size`` is cut out at offset ``(resize_size(size) - size) // 2``.
       This is the image processor of ``kakaobrain/align-base`` (346x346, crop 289): equal
       to ``malign.convert.processor_image_preprocess`` with its settings, and within one
-      grey level of the processor itself (PIL and TensorFlow round differently).
+      grey level of the processor itself (PIL and TensorFlow round differently) when
+      given the pixels PIL decodes (``decode_and_crop`` decodes JPEGs so).
 
     On square images the two modes differ only by interpolation and rounding.
 
@@ -307,8 +320,10 @@ def decode_and_crop(
     """Decodes and crops in one step; for JPEG only the crop window is decoded.
 
     Gives the same result as ``train_crop(decode_image(x), size, seed)`` (``training``) or
-    ``eval_crop(decode_image(x), size, eval_resize)``. The "square" evaluation resize needs
-    the whole image, so it decodes the whole file.
+    ``eval_crop(decode_image(x), size)``. The "square" evaluation resize needs the whole
+    image, so it decodes the whole file, and it decodes JPEGs as PIL does
+    (``eval_crop(decode_image(x, accurate_jpeg=True), size, "square")``), so that the
+    pixels are the transformers processor's to within one grey level.
 
     Args:
         encoded: a scalar string tensor (JPEG, PNG, GIF or BMP file).
@@ -329,7 +344,7 @@ def decode_and_crop(
     if training and seed is None:
         raise ValueError("decode_and_crop(training=True) needs a seed")
     if check_eval_resize(eval_resize) == "square" and not training:
-        return eval_crop(decode_image(encoded), size, eval_resize)
+        return eval_crop(decode_image(encoded, accurate_jpeg=True), size, eval_resize)
 
     def jpeg_path() -> tf.Tensor:
         shape = tf.image.extract_jpeg_shape(encoded)

@@ -154,7 +154,8 @@ def test_decode_and_crop_square_equals_decode_then_crop(kind):
     data = png_bytes(47, 81, seed=3) if kind == "png" else jpeg_bytes(47, 81, seed=3)
     fn = tf.function(lambda b: decode_and_crop(b, 24, training=False, eval_resize="square"),
                      input_signature=[tf.TensorSpec([], tf.string)])
-    reference = eval_crop(decode_image(tf.constant(data)), 24, eval_resize="square").numpy()
+    pixels = decode_image(tf.constant(data), accurate_jpeg=True)
+    reference = eval_crop(pixels, 24, eval_resize="square").numpy()
     # In a graph, TensorFlow may turn the division by 255 into a product: 1 ulp.
     np.testing.assert_allclose(fn(tf.constant(data)).numpy(), reference, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(
@@ -164,6 +165,25 @@ def test_decode_and_crop_square_equals_decode_then_crop(kind):
     np.testing.assert_array_equal(
         decode_and_crop(tf.constant(data), 24, True, seed, eval_resize="square").numpy(),
         decode_and_crop(tf.constant(data), 24, True, seed).numpy())
+
+
+def test_accurate_jpeg_decoding_equals_pil():
+    """The square crop decodes JPEGs as PIL (the transformers processors' decoder) does."""
+    import io
+
+    from PIL import Image
+
+    # A smooth photo-like JPEG, where TensorFlow's default fast DCT visibly differs.
+    y, x = np.mgrid[0:90, 0:130]
+    pixels = np.stack([x * 1.9, y * 2.8, (x + y) * 1.1 + 20 * np.sin(x / 3.0)], -1)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=95)
+    data = out.getvalue()
+    pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(tf.constant(data), accurate_jpeg=True).numpy(), pil)
+    png = png_bytes(20, 30)
+    np.testing.assert_array_equal(decode_image(tf.constant(png), accurate_jpeg=True).numpy(),
+                                  decode_image(tf.constant(png)).numpy())
 
 
 def test_eval_resize_is_a_validated_config_field():
