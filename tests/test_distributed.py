@@ -23,6 +23,17 @@ LR = 0.5
 HERE = Path(__file__).resolve().parent
 
 
+_CPU4 = []
+
+
+def _cpu4() -> tf.distribute.Strategy:
+    """One cpu:4 MirroredStrategy for the fit tests of this process: fit on a second
+    instance over the same devices clashed with the first's collective instance keys."""
+    if not _CPU4:
+        _CPU4.append(distributed.get_strategy("cpu:4"))
+    return _CPU4[0]
+
+
 def _build(strategy, init_weights):
     with strategy.scope():
         model = malign.AlignModel.from_preset("tiny")
@@ -82,7 +93,7 @@ def _assert_weights_equal(got: dict, want: dict):
 def test_four_replicas_equal_single_device(reference):
     # One device set per process: TensorFlow's collective group keys clash when
     # MirroredStrategies over different device sets run collectives in one process.
-    strategy = distributed.get_strategy("cpu:4")
+    strategy = _cpu4()
     assert strategy.num_replicas_in_sync == 4
     grads, loss = _gradients(strategy, _build(strategy, reference["init"]), reference["batch"])
     assert abs(loss - reference["loss"]) <= 1e-5
@@ -96,6 +107,29 @@ def test_four_replicas_equal_single_device(reference):
                                       reference["batch"])
     assert abs(fit_loss - reference["fit_loss"]) <= 1e-5
     _assert_weights_equal(weights, reference["weights"])
+
+
+def test_four_replicas_equal_single_device_with_fused_lamb(reference):
+    """LAMB with the fused update of the token embedding: cpu:4 equals one device."""
+    from malign.config import TrainingConfig
+    from malign.training import make_optimizer
+
+    cfg = TrainingConfig(optimizer="lamb", steps=10, warmup_steps=1, learning_rate=1e-2,
+                         weight_decay=0.1)
+    weights = {}
+    for spec in ("default", "cpu:4"):
+        strategy = _cpu4() if spec == "cpu:4" else distributed.get_strategy(spec)
+        with strategy.scope():
+            model = malign.AlignModel.from_preset("tiny")
+            model.compile(optimizer=make_optimizer(cfg, fused_min_size=10_000))
+        model.set_weights(reference["init"])
+        embedding = [v for v in model.trainable_variables if v.path.endswith("token_embedding/embeddings")]
+        assert len(embedding) == 1 and model.optimizer._fuses(embedding[0])
+        _, weights[spec] = _fit_one_step(strategy, model, reference["batch"])
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(reference["init"], weights["default"].values()))
+    assert moved > 1e-3
+    _assert_weights_equal(weights["cpu:4"], weights["default"])
 
 
 def test_without_loss_scaling_the_step_is_n_times_too_large(reference, monkeypatch):

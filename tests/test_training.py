@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import malign
 from malign.config import ConfigError, DataConfig, ExperimentConfig, TrainingConfig
@@ -86,3 +87,48 @@ def test_init_from_copies_weights_and_checks_layout(tmp_path):
     bad = exp.with_overrides({"model.text.vocabulary_size": 999})
     with pytest.raises(ConfigError, match="training.init_from.*token_embedding"):
         train(bad, tmp_path / "run2", verbose=0)
+
+
+def _gather_step(var, opt, sparse: bool):
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            y = tf.reduce_sum(tf.gather(var.value, ids) * upstream)
+        grad = tape.gradient(y, var.value)
+        assert isinstance(grad, tf.IndexedSlices)
+        opt.apply([grad if sparse else tf.convert_to_tensor(grad)], [var])
+
+    return step
+
+
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_fused_update_equals_keras(name, sparse):
+    """The fused update of large variables gives Keras' result (rows repeat in the gradient)."""
+    rng = np.random.default_rng(0)
+    init = rng.normal(size=(50, 8)).astype("float32")
+    cfg = TrainingConfig(optimizer=name, steps=10, warmup_steps=1, learning_rate=1e-2,
+                         weight_decay=0.1)
+    results = []
+    for fused_min_size in (0, 1):
+        var = keras.Variable(init.copy(), name="embeddings")
+        opt = make_optimizer(cfg, fused_min_size=fused_min_size)
+        opt.build([var])
+        assert opt._fuses(var) == bool(fused_min_size)
+
+        step = _gather_step(var, opt, sparse)
+        data = np.random.default_rng(1)
+        for _ in range(3):
+            ids = data.integers(0, 50, size=(12,)).astype("int32")
+            ids[:3] = 7
+            step(ids, data.normal(size=(12, 8)).astype("float32"))
+        results.append([var.numpy(), opt._momentums[0].numpy(), opt._velocities[0].numpy()])
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.max(np.abs(results[1][0] - init)) > 1e-3
+
+
+def test_fused_optimizer_config_round_trip():
+    opt = make_optimizer(TrainingConfig(steps=10, warmup_steps=1), fused_min_size=123)
+    again = type(opt).from_config(opt.get_config())
+    assert again.fused_min_size == 123
