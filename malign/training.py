@@ -46,6 +46,7 @@ __all__ = [
     "make_optimizer",
     "FusedLamb",
     "FusedAdamW",
+    "combine_duplicate_rows",
     "random_dataset",
     "StepCheckpoint",
     "train",
@@ -124,23 +125,45 @@ def _local_variable(variable):
     return variable
 
 
-def _unique_rows(gradient: tf.IndexedSlices):
-    """Rows of a gather gradient: (rows [N], sums [N, C], sums of squares [N, C]), N = len(indices).
+def combine_duplicate_rows(gradient):
+    """An IndexedSlices gradient with each row once, holding the sum of its slices.
 
-    Rows repeat in an IndexedSlices gradient (a token used twice in a batch). Keras' Adam
-    and LAMB densify ``g`` for the first moment but square the IndexedSlices *values*
-    before densifying for the second (``ops.square`` maps over the values), so a repeated
-    row gets ``sum(g_i)`` in ``m`` and ``sum(g_i ** 2)`` in ``v``. Both sums are taken
-    here, in order of occurrence with ``unsorted_segment_sum`` as TensorFlow densifies,
-    so they are bit-identical to Keras' dense rows. The shape stays static: slots beyond
-    the number of distinct rows repeat the first row and its sums (a scatter of equal
-    values to one row is deterministic).
+    Rows repeat in the gradient of a gather (a token used twice in a batch, or by
+    several replicas: their slices are concatenated, not summed). The row's gradient is
+    the sum. Keras' Adam and LAMB densify ``g`` for the first moment, but square the
+    IndexedSlices *values* before densifying for the second (``ops.square`` maps over the
+    values), which would put ``sum(g_i ** 2)`` in ``v`` instead of ``(sum g_i) ** 2``:
+    frequent tokens ([CLS], [SEP], common words) would get too small a second moment and
+    too large a step. Combining rows first makes the update equal to the dense-gradient
+    one. Dense gradients pass through.
+
+    Example:
+        >>> g = tf.IndexedSlices(tf.constant([[1.0], [2.0], [3.0]]), tf.constant([4, 1, 4]))
+        >>> c = combine_duplicate_rows(g)
+        >>> c.indices.numpy().tolist(), c.values.numpy().ravel().tolist()
+        ([4, 1], [4.0, 2.0])
+    """
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    rows, position = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(rows)[0])
+    return tf.IndexedSlices(values, rows, gradient.dense_shape)
+
+
+def _unique_rows(gradient: tf.IndexedSlices):
+    """Rows of a gather gradient: (rows [N], sums [N, C], squared sums [N, C]), N = len(indices).
+
+    A repeated row's gradient is the sum of its slices (``combine_duplicate_rows``), and
+    its second-moment term the square of that sum, as for a dense gradient. The sums are
+    taken in order of occurrence with ``unsorted_segment_sum`` as TensorFlow densifies.
+    The shape stays static: slots beyond the number of distinct rows repeat the first
+    row and its sums (a scatter of equal values to one row is deterministic).
     """
     indices = tf.cast(gradient.indices, tf.int32)
     n = tf.shape(indices)[0]
     rows, position = tf.unique(indices)
     sums = tf.math.unsorted_segment_sum(gradient.values, position, n)
-    squares = tf.math.unsorted_segment_sum(tf.square(gradient.values), position, n)
+    squares = tf.square(sums)
     slot = tf.range(n)
     slot = tf.where(slot < tf.shape(rows)[0], slot, 0)
     rows = tf.gather(tf.concat([rows, tf.zeros_like(indices)], 0), slot)
@@ -241,7 +264,10 @@ class _FusedLargeVariableUpdates:
     expressions (weight decay, both moments over *all* rows, bias correction, the LAMB
     trust ratio) in a few passes and in place, and never densifies a row gradient.
     It is not a sparse ("lazy") Adam: the moments of rows that got no gradient still
-    decay, as in Keras. Results equal Keras' to float32 rounding.
+    decay, as in Keras. Results equal Keras' update on the dense gradient to float32
+    rounding. Both paths combine the repeated rows of a gather gradient first
+    (``combine_duplicate_rows``), so ``v`` gets the squared row gradient, as it would
+    from the dense gradient, not Keras' sum of squared slices.
 
     Used on CPU for variables with at least ``fused_min_size`` elements; everything else
     (and every variable on GPU/TPU, where the whole step is XLA-compiled) takes the Keras
@@ -318,7 +344,7 @@ class FusedLamb(_FusedLargeVariableUpdates, keras.optimizers.Lamb):
 
     def update_step(self, gradient, variable, learning_rate):
         if not self._fuses(variable):
-            return super().update_step(gradient, variable, learning_rate)
+            return super().update_step(combine_duplicate_rows(gradient), variable, learning_rate)
         beta_1_power, beta_2_power = self._bias_corrections(variable)
         lr = tf.cast(learning_rate, variable.dtype)
         state = self._update_moments(gradient, variable)
@@ -341,7 +367,7 @@ class FusedAdamW(_FusedLargeVariableUpdates, keras.optimizers.AdamW):
 
     def update_step(self, gradient, variable, learning_rate):
         if not self._fuses(variable):
-            return super().update_step(gradient, variable, learning_rate)
+            return super().update_step(combine_duplicate_rows(gradient), variable, learning_rate)
         beta_1_power, beta_2_power = self._bias_corrections(variable)
         lr = tf.cast(learning_rate, variable.dtype)
         alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
