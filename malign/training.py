@@ -321,6 +321,18 @@ class _FusedLargeVariableUpdates:
         return dict(variable=_local_variable(variable), m_var=m_var, v_var=v_var,
                     decay=tf.cast(decay, dtype), epsilon=tf.constant(self.epsilon, dtype))
 
+    def update_step(self, gradient, variable, learning_rate):
+        if not self._fuses(variable):
+            return super().update_step(combine_duplicate_rows(gradient), variable, learning_rate)
+        beta_1_power, beta_2_power = self._bias_corrections(variable)
+        lr = tf.cast(learning_rate, variable.dtype)
+        state = self._update_moments(gradient, variable)
+        self._fused_step(lr, beta_1_power, beta_2_power, state)
+
+    def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
+        """The optimizer's own step from the updated moments (``state``), in place."""
+        raise NotImplementedError
+
     def _bias_corrections(self, variable):
         dtype = variable.dtype
         local_step = tf.cast(self.iterations + 1, dtype)
@@ -342,12 +354,7 @@ class FusedLamb(_FusedLargeVariableUpdates, keras.optimizers.Lamb):
         1048576
     """
 
-    def update_step(self, gradient, variable, learning_rate):
-        if not self._fuses(variable):
-            return super().update_step(combine_duplicate_rows(gradient), variable, learning_rate)
-        beta_1_power, beta_2_power = self._bias_corrections(variable)
-        lr = tf.cast(learning_rate, variable.dtype)
-        state = self._update_moments(gradient, variable)
+    def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
         _fused_lamb_apply(lr=lr, beta_1_power=beta_1_power, beta_2_power=beta_2_power, **state)
 
 
@@ -365,13 +372,8 @@ class FusedAdamW(_FusedLargeVariableUpdates, keras.optimizers.AdamW):
         1048576
     """
 
-    def update_step(self, gradient, variable, learning_rate):
-        if not self._fuses(variable):
-            return super().update_step(combine_duplicate_rows(gradient), variable, learning_rate)
-        beta_1_power, beta_2_power = self._bias_corrections(variable)
-        lr = tf.cast(learning_rate, variable.dtype)
+    def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
         alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        state = self._update_moments(gradient, variable)
         _fused_adam_apply(lr=lr, alpha=alpha, **state)
 
 
