@@ -159,15 +159,12 @@ def _unique_rows(gradient: tf.IndexedSlices):
     The shape stays static: slots beyond the number of distinct rows repeat the first
     row and its sums (a scatter of equal values to one row is deterministic).
     """
-    indices = tf.cast(gradient.indices, tf.int32)
-    n = tf.shape(indices)[0]
-    rows, position = tf.unique(indices)
-    sums = tf.math.unsorted_segment_sum(gradient.values, position, n)
-    squares = tf.square(sums)
+    n = tf.shape(gradient.indices)[0]
+    combined = combine_duplicate_rows(gradient)
     slot = tf.range(n)
-    slot = tf.where(slot < tf.shape(rows)[0], slot, 0)
-    rows = tf.gather(tf.concat([rows, tf.zeros_like(indices)], 0), slot)
-    return rows, tf.gather(sums, slot), tf.gather(squares, slot)
+    slot = tf.where(slot < tf.shape(combined.indices)[0], slot, 0)
+    sums = tf.gather(combined.values, slot)
+    return tf.gather(tf.cast(combined.indices, tf.int32), slot), sums, tf.square(sums)
 
 
 def _row_moments(m_var, v_var, rows, sums, squares, one_minus_beta_1, one_minus_beta_2):

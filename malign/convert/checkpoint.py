@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "ConversionError",
     "IGNORED_BUFFER_SUFFIXES",
+    "checkpoint_directory",
     "find_weights_files",
     "read_transformers_weights",
 ]
@@ -34,6 +35,17 @@ IGNORED_BUFFER_SUFFIXES = ("num_batches_tracked", "embeddings.position_ids",
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted exactly; the message names the weight or field."""
+
+
+def checkpoint_directory(path: str | os.PathLike) -> Path:
+    """The checkpoint directory of ``path``: itself, or the folder of a file inside it.
+
+    Example:
+        >>> checkpoint_directory("align-base/config.json").name  # doctest: +SKIP
+        'align-base'
+    """
+    directory = Path(path)
+    return directory.parent if directory.is_file() else directory
 
 
 def find_weights_files(path: str | os.PathLike) -> list[Path]:

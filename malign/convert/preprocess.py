@@ -42,12 +42,11 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
-from malign.convert.checkpoint import ConversionError
+from malign.convert.checkpoint import ConversionError, checkpoint_directory
 from malign.models.image_tower import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ImageProcessorSettings", "processor_image_preprocess", "read_image_processor"]
@@ -252,9 +251,7 @@ def read_image_processor(path: str | os.PathLike) -> ImageProcessorSettings | No
         >>> read_image_processor("tests/fixtures/align_tiny").image_size  # doctest: +SKIP
         67
     """
-    directory = Path(path)
-    if directory.is_file():
-        directory = directory.parent
+    directory = checkpoint_directory(path)
     flat = directory / "preprocessor_config.json"
     nested = directory / "processor_config.json"
     if flat.is_file():

@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from malign.config import ImageTowerConfig, ModelConfig, TextTowerConfig
-from malign.convert.checkpoint import ConversionError, read_transformers_weights
+from malign.convert.checkpoint import ConversionError, checkpoint_directory, read_transformers_weights
 from malign.convert.preprocess import ImageProcessorSettings, read_image_processor
 from malign.models.image_tower import block_specs
 
@@ -122,9 +122,7 @@ def read_align_config(path: str | os.PathLike) -> dict[str, Any]:
         >>> read_align_config("tests/fixtures/align_tiny")["projection_dim"]  # doctest: +SKIP
         32
     """
-    directory = Path(path)
-    if directory.is_file():
-        directory = directory.parent
+    directory = checkpoint_directory(path)
     file = directory / "config.json"
     if not file.is_file():
         raise ConversionError(f"no config.json in {directory}: pass the checkpoint directory")
@@ -264,9 +262,7 @@ def config_from_transformers_align(
         >>> cfg.image.depthwise_padding, cfg.text.activation  # doctest: +SKIP
         ((1, 3), 'gelu')
     """
-    directory = Path(path)
-    if directory.is_file():
-        directory = directory.parent
+    directory = checkpoint_directory(path)
     align = read_align_config(directory)
     processor = read_image_processor(directory)
     vision = align["vision_config"]
@@ -551,9 +547,7 @@ def import_transformers_align(
     """
     from malign.models.align_model import AlignModel
 
-    directory = Path(path)
-    if directory.is_file():
-        directory = directory.parent
+    directory = checkpoint_directory(path)
     read_align_config(directory)  # a missing or foreign config.json is the first error
     weights = read_transformers_weights(path)
     temperature = weights.get("temperature")
@@ -653,9 +647,7 @@ def transformers_align_tokenizer(path: str | os.PathLike, sequence_length: int |
     """
     from malign.text import WordPieceTokenizer
 
-    directory = Path(path)
-    if directory.is_file():
-        directory = directory.parent
+    directory = checkpoint_directory(path)
     vocabulary = directory / "vocab.txt"
     if not vocabulary.is_file():
         raise ConversionError(f"no vocab.txt in {directory}: the BERT WordPiece vocabulary "

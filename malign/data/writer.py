@@ -82,6 +82,13 @@ class WriteStats:
     pattern: str = ""
     examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
+    def add_record(self, langs: list[str]) -> None:
+        """Counts one written record with captions in ``langs`` (one entry per caption)."""
+        self.records += 1
+        self.captions += len(langs)
+        for lang in langs:
+            self.captions_per_lang[lang] = self.captions_per_lang.get(lang, 0) + 1
+
     def skip(self, reason: str, n: int = 1, example: str | None = None) -> None:
         """Counts ``n`` rows skipped for ``reason`` (one of :data:`SKIP_REASONS`)."""
         self.skipped[reason] += n
@@ -396,17 +403,8 @@ def write_rows(
                 data, image_format, reencoded = loaded
                 stats.reencoded_images += reencoded
                 writer.write(ImageTextExample(group.image_id, data, image_format, texts, langs))
-                stats.records += 1
-                stats.captions += len(texts)
-                for lang in langs:
-                    stats.captions_per_lang[lang] = stats.captions_per_lang.get(lang, 0) + 1
-    stats.shards = shards
-    stats.pattern = shard_pattern(os.fspath(out_prefix))
-    with tf.io.gfile.GFile(os.fspath(out_prefix) + ".summary.json", "w") as handle:
-        handle.write(json.dumps(stats.to_json(), indent=2, ensure_ascii=False) + "\n")
-    if verbose:
-        print(stats.summary(), flush=True)
-    return stats
+                stats.add_record(langs)
+    return _finish(stats, out_prefix, shards, verbose)
 
 
 def write_examples(
@@ -439,11 +437,13 @@ def write_examples(
     ) as progress:
         for example in examples:
             writer.write(example)
-            stats.records += 1
-            stats.captions += len(example.captions)
-            for lang in example.langs:
-                stats.captions_per_lang[lang] = stats.captions_per_lang.get(lang, 0) + 1
+            stats.add_record(list(example.langs))
             progress.update()
+    return _finish(stats, out_prefix, shards, verbose)
+
+
+def _finish(stats: WriteStats, out_prefix: str | os.PathLike, shards: int, verbose: bool) -> WriteStats:
+    """Records where the shards went, writes ``{out_prefix}.summary.json``, prints the summary."""
     stats.shards = shards
     stats.pattern = shard_pattern(os.fspath(out_prefix))
     with tf.io.gfile.GFile(os.fspath(out_prefix) + ".summary.json", "w") as handle:

@@ -143,6 +143,18 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
 
 
+def _write_report(report: dict[str, Any], out_dir: str | os.PathLike, title: str | None,
+                  markdown: Any, chart: Any, chart_name: str) -> dict[str, Path]:
+    """``metrics.json``, ``metrics.md`` (from ``markdown``) and a chart (from ``chart``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "chart": out / chart_name}
+    _write_json(report, paths["json"])
+    paths["markdown"].write_text(markdown(report, title), encoding="utf-8")
+    chart(report, paths["chart"], title)
+    return paths
+
+
 def write_retrieval_report(
     report: dict[str, Any], out_dir: str | os.PathLike, title: str | None = None
 ) -> dict[str, Path]:
@@ -160,13 +172,7 @@ def write_retrieval_report(
     Example:
         >>> write_retrieval_report(report, "runs/eval")  # doctest: +SKIP
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "chart": out / "recall.png"}
-    _write_json(report, paths["json"])
-    paths["markdown"].write_text(retrieval_markdown(report, title), encoding="utf-8")
-    retrieval_chart(report, paths["chart"], title)
-    return paths
+    return _write_report(report, out_dir, title, retrieval_markdown, retrieval_chart, "recall.png")
 
 
 def zero_shot_markdown(report: dict[str, Any], title: str | None = None) -> str:
@@ -260,10 +266,4 @@ def write_zero_shot_report(
     Example:
         >>> write_zero_shot_report(report, "runs/zero-shot")  # doctest: +SKIP
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "chart": out / "accuracy.png"}
-    _write_json(report, paths["json"])
-    paths["markdown"].write_text(zero_shot_markdown(report, title), encoding="utf-8")
-    zero_shot_chart(report, paths["chart"], title)
-    return paths
+    return _write_report(report, out_dir, title, zero_shot_markdown, zero_shot_chart, "accuracy.png")
