@@ -19,7 +19,7 @@ test-slow: install
 	$(PY) -m pytest -q --runslow tests
 
 lint: install
-	$(VENV)/bin/ruff check malign tests recipes benchmarks tokenizers
+	$(VENV)/bin/ruff check malign malign_launcher.py tests recipes benchmarks tokenizers
 
 demo: install
 	$(VENV)/bin/malign train --recipe recipes/demo.py --workdir runs/demo

@@ -1,5 +1,9 @@
 """malign: multilingual ALIGN image-text dual encoders on TensorFlow and Keras 3.
 
+``import malign`` registers every class that malign writes into a ``.keras`` file
+(models, layers, optimizers, learning-rate schedules, constraints, tokenizer layers),
+so ``keras.saving.load_model(path)`` works after it alone, in any process.
+
 Example:
     >>> import malign
     >>> model = malign.AlignModel.from_preset("tiny")
@@ -14,11 +18,17 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from malign import config, distributed, losses, presets  # noqa: E402
 from malign.models import AlignModel, ImageTower, TextTower  # noqa: E402
 
+# Modules that define Keras-serialisable classes (optimizers, schedules, tokenizer
+# layers). They are imported here, not lazily, because a `.keras` file can only be
+# loaded once its classes are registered: tests/test_serialization.py checks that
+# every such class of the package is registered after `import malign` alone.
+from malign import text, training  # noqa: E402,F401  isort: skip
+
 __version__ = "0.1.0"
 
-# Sub-packages loaded lazily as attributes (malign.text, malign.data, ...), so that
-# `import malign` stays cheap and a broken optional part does not break the core.
-_LAZY = ("text", "data", "training", "evaluation", "export", "convert")
+# Sub-packages loaded lazily as attributes (malign.data, malign.evaluation, ...): they
+# define nothing that Keras serialises.
+_LAZY = ("data", "evaluation", "export", "convert")
 
 
 def __getattr__(name):
@@ -30,4 +40,4 @@ def __getattr__(name):
 
 
 __all__ = ["AlignModel", "ImageTower", "TextTower", "config", "distributed", "losses",
-           "presets", "__version__"]
+           "presets", "text", "training", "__version__"]

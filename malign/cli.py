@@ -3,7 +3,10 @@
 Each command group lives next to the code it drives and exposes
 ``add_subparser(subparsers)``, which adds its parser and sets ``func`` on the
 parsed namespace. This module only collects them, so adding a command never
-touches another group's code.
+touches another group's code. Command modules import nothing heavy at module level
+(TensorFlow, Keras, malign's models): the ``malign`` console script
+(``malign_launcher``) builds this parser without TensorFlow, so ``--help`` and
+argument errors are instant; a test checks it.
 
 Example:
     $ malign --help
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 # Each module here defines add_subparser(subparsers). Keep one line per group.
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="malign",
         description="Multilingual ALIGN dual encoders on TensorFlow and Keras 3.",
     )
+    parser.add_argument("-v", "--verbose", dest="show_logs", action="store_true",
+                        help="show TensorFlow's and SentencePiece's own log lines "
+                             "(also MALIGN_VERBOSE=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -43,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``malign`` command; returns the exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from malign import tf_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.show_logs:
+        tf_logging.set_verbose(True)
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as error:

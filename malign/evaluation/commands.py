@@ -170,7 +170,9 @@ def load_model(spec: str):
         raise FileNotFoundError(f"model not found: {spec}")
     if path.suffix != ".keras":
         raise ValueError(f"--model must be a .keras file saved by malign (or preset:NAME), got {spec}")
-    model = keras.saving.load_model(path)
+    # No optimizer: evaluation and export need only the weights (and a 250k-row
+    # vocabulary's optimizer slots would double the memory).
+    model = keras.saving.load_model(path, compile=False)
     for attr in ("embed_image", "embed_text", "image_size", "sequence_length"):
         if not hasattr(model, attr):
             raise ValueError(f"{spec} is not an image-text model: it has no {attr}")
