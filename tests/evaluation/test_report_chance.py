@@ -25,7 +25,6 @@ from malign.evaluation.evaluate import evaluate_embeddings
 from malign.evaluation.report import (
     format_percent,
     retrieval_figure,
-    retrieval_markdown,
     write_retrieval_report,
     write_zero_shot_report,
     zero_shot_figure,
