@@ -311,7 +311,9 @@ def check_inputs(inputs: Sequence[str | os.PathLike | InputFile]) -> list[InputF
         >>> check_inputs(["english=corpus.txt"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: --input 'english=corpus.txt': 'english' is a language name, not a code: use en; ...
+        ValueError: unusable vocabulary inputs (1 of 1):
+          - --input 'english=corpus.txt': 'english' is a language name, not a code: use en; ...
+          - vocabulary input not found: corpus.txt
     """
     if not inputs:
         raise ValueError("train_vocabulary needs at least one input file")
