@@ -13,7 +13,9 @@ Zero-shot classification::
     malign eval zero-shot --model runs/x/model.keras --data records/labelled \\
         --classes classes.json [--templates templates.json] --out runs/x/zero-shot
 
-writes ``metrics.json``, ``metrics.md`` and ``accuracy.png``.
+writes ``metrics.json``, ``metrics.md`` (accuracy per language and per class),
+``accuracy.png`` and, per language, ``confusion-<lang>.csv`` / ``.png`` (rows: true
+class, columns: predicted class). Every table and chart shows the chance level.
 
 The tokenizer is ``--tokenizer PATH`` (a SentencePiece ``.model`` or a WordPiece
 ``vocab.txt``); without it, ``tokenizer.model``, ``sentencepiece.model`` or
@@ -374,6 +376,8 @@ def run_zero_shot(args: argparse.Namespace) -> int:
     report["templates"] = templates
     title = f"zero-shot: {args.model} on {args.data}"
     paths = write_zero_shot_report(report, args.out, title)
-    print(zero_shot_markdown(report, title))
+    # The per-class table goes to metrics.md; the terminal shows it only for a few classes.
+    num_classes = len(next(iter(names.values())))
+    print(zero_shot_markdown(report, title, per_class=num_classes <= 30))
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return 0

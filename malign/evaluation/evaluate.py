@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from malign.evaluation.chance import retrieval_chance
 from malign.evaluation.metrics import (
     DEFAULT_KS,
     TIE_RULE,
@@ -119,7 +120,9 @@ def evaluate_embeddings(
     Returns:
         ``{"languages": {lang: metrics + counts}, "all": ..., "mean": ...,
         "metric_keys": [...], "tie_rule": ...}``; metric values in percent.
-        ``all`` is present only with more than one language.
+        ``all`` is present only with more than one language. Every group also
+        holds ``"chance"``: the same keys for a random ranking of this split
+        (``malign.evaluation.chance.retrieval_chance``; for ``mean``, averaged).
 
     Raises:
         ValueError: when a language is missing, or some image has no caption
@@ -150,6 +153,7 @@ def evaluate_embeddings(
             raise ValueError(f"language {name}: {error}") from None
         result = retrieval_metrics(image_emb, text_emb[mask], sub, **search)
         result.update(_describe(sub, num_images))
+        result["chance"] = retrieval_chance(sub, num_images, ks)
         return result
 
     report: dict[str, Any] = {"languages": {}}
@@ -158,6 +162,9 @@ def evaluate_embeddings(
     if len(chosen) > 1:
         report["all"] = run(np.isin(langs, chosen), "+".join(chosen))
     report["mean"] = {key: float(np.mean([report["languages"][lang][key] for lang in chosen])) for key in keys}
+    report["mean"]["chance"] = {
+        key: float(np.mean([report["languages"][lang]["chance"][key] for lang in chosen])) for key in keys
+    }
     report["metric_keys"] = list(keys)
     report["tie_rule"] = TIE_RULE
     return report

@@ -6,7 +6,10 @@ L2-normalised prompt embeddings, normalised again (prompt ensembling, as in
 CLIP and ALIGN). An image is classified by its inner product with every class
 embedding. Accuracy is reported as top-1 and top-5 (top-K counts a hit when
 the label is among the K best classes; all classes when there are fewer than
-K), and as mean per-class top-1 for unbalanced sets. Ties between classes are
+K), as top-1 per class and their mean (for unbalanced sets), with the confusion
+matrix of top-1 predictions and the chance level of each number
+(``malign.evaluation.chance``): a model that puts every image in one class
+shows 100 for that class and 0 for the others. Ties between classes are
 broken by class order (the class listed first ranks higher), as everywhere
 in ``malign.evaluation``.
 
@@ -30,8 +33,9 @@ Example:
     >>> import numpy as np
     >>> prompts = np.array([[[1.0, 0.0], [0.8, 0.6]], [[0.0, 1.0], [0.0, 1.0]]])  # [C, T, D]
     >>> classes = ensemble_prompts(prompts)
-    >>> zero_shot_accuracy(np.array([[1.0, 0.1], [0.1, 1.0]]), classes, [0, 1], ks=(1,))
-    {'top1': 100.0, 'mean_per_class_top1': 100.0}
+    >>> r = zero_shot_accuracy(np.array([[1.0, 0.1], [0.1, 1.0]]), classes, [0, 1], ks=(1,))
+    >>> r["top1"], r["per_class_top1"], r["confusion"]
+    (100.0, [100.0, 100.0], [[1, 0], [0, 1]])
 """
 
 from __future__ import annotations
@@ -44,16 +48,20 @@ from typing import Any
 
 import numpy as np
 
+from malign.evaluation.chance import classification_chance
 from malign.evaluation.retrieval import top_k_search
 
 __all__ = [
     "DEFAULT_TEMPLATES",
     "build_classifier",
+    "confusion_matrix",
+    "describe_classes",
     "ensemble_prompts",
     "evaluate_zero_shot",
     "labels_from_captions",
     "load_class_names",
     "load_templates",
+    "per_class_accuracy",
     "read_image_folder",
     "zero_shot_accuracy",
 ]
@@ -254,10 +262,53 @@ def build_classifier(
     return ensemble_prompts(emb.reshape(len(class_names), len(templates), -1))
 
 
+def confusion_matrix(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Args:
+        labels: ``[N]`` true class of every image.
+        predictions: ``[N]`` predicted (top-1) class of every image.
+        num_classes: ``C``.
+
+    Returns:
+        ``[C, C]`` int64; row = true class, column = predicted class.
+
+    Example:
+        >>> confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist()
+        [[1, 0], [1, 1]]
+    """
+    labels = np.asarray(labels, np.int64)
+    predictions = np.asarray(predictions, np.int64)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"{labels.size} labels but {predictions.size} predictions")
+    out = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(out, (labels, predictions), 1)
+    return out
+
+
+def per_class_accuracy(confusion: np.ndarray) -> list[float | None]:
+    """Top-1 accuracy (percent) of every class from a confusion matrix.
+
+    Args:
+        confusion: ``[C, C]`` counts, row = true class.
+
+    Returns:
+        One value per class; None for a class without images.
+
+    Example:
+        >>> per_class_accuracy(np.array([[2, 0, 0], [3, 0, 0], [0, 0, 0]]))
+        [100.0, 0.0, None]
+    """
+    confusion = np.asarray(confusion)
+    totals = confusion.sum(axis=1)
+    return [float(100.0 * confusion[c, c] / totals[c]) if totals[c] else None for c in range(len(totals))]
+
+
 def zero_shot_accuracy(
     image_emb: np.ndarray, class_emb: np.ndarray, labels: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 5)
-) -> dict[str, float]:
-    """Top-K accuracy (percent) and mean per-class top-1 accuracy.
+) -> dict[str, Any]:
+    """Top-K accuracy (percent), per-class and mean per-class top-1 accuracy, confusion counts.
 
     Args:
         image_emb: ``[N, D]`` image embeddings.
@@ -266,11 +317,15 @@ def zero_shot_accuracy(
         ks: K values (K larger than C counts as C).
 
     Returns:
-        ``{"top1": ..., "top5": ..., "mean_per_class_top1": ...}`` (keys follow ``ks``).
+        ``{"top1": ..., "top5": ..., "mean_per_class_top1": ..., "per_class_top1": [C values,
+        None for a class without images], "confusion": [[C x C counts]]}`` (top-K keys follow
+        ``ks``; the mean per-class accuracy averages the classes that have images; the
+        confusion matrix's rows are true classes, its columns top-1 predictions).
 
     Example:
-        >>> zero_shot_accuracy(np.eye(3), np.eye(3), [0, 1, 1], ks=(1, 2))["top1"]
-        66.66666666666666
+        >>> r = zero_shot_accuracy(np.eye(3), np.eye(3)[[0, 0, 0]], [0, 1, 1], ks=(1, 2))
+        >>> r["top1"], r["per_class_top1"], r["confusion"]   # everything predicted as class 0
+        (33.33333333333333, [100.0, 0.0, None], [[1, 0, 0], [2, 0, 0], [0, 0, 0]])
     """
     image_emb = np.asarray(image_emb)
     class_emb = np.asarray(class_emb)
@@ -279,17 +334,21 @@ def zero_shot_accuracy(
         raise ValueError(f"labels must be {image_emb.shape[0]} integers, got shape {labels.shape} {labels.dtype}")
     if labels.size == 0:
         raise ValueError("no images")
-    if labels.min() < 0 or labels.max() >= class_emb.shape[0]:
-        raise ValueError(f"labels must be class indices in [0, {class_emb.shape[0]})")
+    num_classes = class_emb.shape[0]
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be class indices in [0, {num_classes})")
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive, got {ks}")
-    k = min(max(ks), class_emb.shape[0])
+    k = min(max(ks), num_classes)
     _, top = top_k_search(image_emb, class_emb, k)
     hit = top == labels[:, None]
     rank = np.where(hit.any(axis=1), np.argmax(hit, axis=1), k)
-    out = {f"top{kk}": float(np.mean(rank < kk) * 100.0) for kk in ks}
-    per_class = [np.mean(rank[labels == c] < 1) for c in np.unique(labels)]
-    out["mean_per_class_top1"] = float(np.mean(per_class) * 100.0)
+    out: dict[str, Any] = {f"top{kk}": float(np.mean(rank < kk) * 100.0) for kk in ks}
+    confusion = confusion_matrix(labels, top[:, 0], num_classes)
+    per_class = per_class_accuracy(confusion)
+    out["mean_per_class_top1"] = float(np.mean([a for a in per_class if a is not None]))
+    out["per_class_top1"] = per_class
+    out["confusion"] = confusion.tolist()
     return out
 
 
@@ -424,7 +483,9 @@ def evaluate_zero_shot(
 
     Returns:
         ``{"languages": {lang: {"top1", "top5", "mean_per_class_top1", "num_images",
-        "num_classes", "num_templates"}}, "mean": {...}}``.
+        "num_classes", "num_templates", "chance", "per_class",
+        "most_predicted", "confusion"}}, "mean": {top-K, mean per-class, "chance"}}``
+        (see ``zero_shot_accuracy`` and ``describe_classes``).
 
     Example:
         >>> import malign
@@ -450,9 +511,43 @@ def evaluate_zero_shot(
         classifier = build_classifier(model, tokenizer, names, templates[lang], text_batch_size, verbose)
         result = zero_shot_accuracy(image_emb, classifier, labels, ks)
         result.update(num_images=int(labels.size), num_classes=len(names), num_templates=len(templates[lang]))
-        report["languages"][lang] = result
+        report["languages"][lang] = describe_classes(result, names, ks)
     keys = [f"top{k}" for k in ks] + ["mean_per_class_top1"]
-    report["mean"] = {
-        key: float(np.mean([m[key] for m in report["languages"].values()])) for key in keys
-    }
+    languages = report["languages"].values()
+    report["mean"] = {key: float(np.mean([m[key] for m in languages])) for key in keys}
+    report["mean"]["chance"] = {key: float(np.mean([m["chance"][key] for m in languages])) for key in keys}
     return report
+
+
+def describe_classes(result: dict[str, Any], names: Sequence[str], ks: Sequence[int]) -> dict[str, Any]:
+    """Adds chance levels, per-class accuracy by name and the most predicted class to a result.
+
+    Args:
+        result: a ``zero_shot_accuracy`` result (with ``per_class_top1`` and ``confusion``).
+        names: the class names, in the order of the classifier.
+        ks: the K values of ``result``.
+
+    Returns:
+        ``result`` with ``"chance"`` (``classification_chance``), ``"per_class"``
+        (``{name: {"images": n, "top1": percent or None}}``, replacing the list
+        ``"per_class_top1"``) and ``"most_predicted"``
+        (``{"class": name, "share": percent of all images predicted as it}``), which tells
+        a model that puts every image in one class from one that tells classes apart.
+
+    Example:
+        >>> r = zero_shot_accuracy(np.eye(2), np.eye(2)[[0, 0]], [0, 1], ks=(1,))
+        >>> describe_classes(r, ["dog", "cat"], (1,))["most_predicted"]
+        {'class': 'dog', 'share': 100.0}
+    """
+    confusion = np.asarray(result["confusion"])
+    if confusion.shape != (len(names), len(names)):
+        raise ValueError(f"{len(names)} class names for a {confusion.shape} confusion matrix")
+    images = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    top = int(np.argmax(predicted))
+    result["chance"] = classification_chance(len(names), ks)
+    result["per_class"] = {
+        name: {"images": int(n), "top1": acc} for name, n, acc in zip(names, images, result.pop("per_class_top1"))
+    }
+    result["most_predicted"] = {"class": names[top], "share": float(100.0 * predicted[top] / predicted.sum())}
+    return result

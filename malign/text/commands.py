@@ -78,7 +78,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "--input", nargs="+", required=True, metavar="FILE",
         help="text files, one sentence a line (.gz ok). The language comes from the file "
         "name (train.de.gz, wiki_fr.txt), from LANG=FILE, or from lang<TAB>text lines in "
-        ".tsv files",
+        ".tsv files; a language is an ISO 639-1 code such as en or de (or a three-letter "
+        "ISO 639-3 code), optionally with a script or region: zh-Hans, pt-BR. Every input is "
+        "checked before training starts",
     )
     train.add_argument("--vocab-size", type=int, required=True, help="pieces in the vocabulary")
     train.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")

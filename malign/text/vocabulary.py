@@ -38,6 +38,7 @@ import json
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -73,6 +74,82 @@ to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
 """.split()
 )
 _LANG_RE = re.compile(r"^([a-z]{2})(?:-[A-Za-z]{2,4})?$")
+# A language tag: ISO 639-1 (2 letters) or ISO 639-3 (3 letters, for languages without a
+# 2-letter code) in lower case, optionally with a script ("Hans") or a region ("BR", "419").
+_TAG_RE = re.compile(r"^([A-Za-z]{2,3})(?:-([A-Za-z]{4}|[A-Za-z]{2}|[0-9]{3}))?$")
+#: The form of a language code, for error messages.
+LANGUAGE_CODE_FORM = (
+    "an ISO 639-1 code in lower case such as en, de, fr, zh, or a three-letter ISO 639-3 code "
+    "such as yue for a language without one, optionally with a script or region: zh-Hans, pt-BR"
+)
+# Names people write instead of codes; only used to suggest the code in an error.
+_LANGUAGE_NAMES = {
+    "arabic": "ar", "chinese": "zh", "czech": "cs", "čeština": "cs", "danish": "da", "deutsch": "de",
+    "dutch": "nl", "english": "en", "español": "es", "finnish": "fi", "français": "fr", "francais": "fr",
+    "french": "fr", "german": "de", "greek": "el", "hebrew": "he", "hindi": "hi", "hungarian": "hu",
+    "indonesian": "id", "italian": "it", "japanese": "ja", "korean": "ko", "norwegian": "no",
+    "persian": "fa", "polish": "pl", "portuguese": "pt", "romanian": "ro", "russian": "ru",
+    "spanish": "es", "swedish": "sv", "thai": "th", "turkish": "tr", "ukrainian": "uk",
+    "vietnamese": "vi",
+}
+
+
+def language_code_problem(code: str) -> str | None:
+    """What is wrong with a language code, or None when it is a valid one.
+
+    Valid: an ISO 639-1 code (``en``; checked against the list), or three lower-case letters
+    (an ISO 639-3 code such as ``yue``; not checked against a list), optionally followed by
+    ``-Script`` (4 letters) or ``-REGION`` (2 letters or 3 digits).
+
+    Args:
+        code: the candidate.
+
+    Returns:
+        A sentence naming the fault, or None.
+
+    Example:
+        >>> language_code_problem("zh-Hans") is None
+        True
+        >>> language_code_problem("english")
+        "'english' is a language name, not a code: use en"
+    """
+    if not code:
+        return "the language code is empty"
+    named = _LANGUAGE_NAMES.get(code.casefold())
+    if named:
+        return f"{code!r} is a language name, not a code: use {named}"
+    match = _TAG_RE.match(code)
+    if not match:
+        return f"{code!r} is not a language code"
+    primary = match.group(1)
+    if primary != primary.lower():
+        fixed = primary.lower() + code[len(primary):]
+        if language_code_problem(fixed) is None:
+            return f"{code!r}: write the language in lower case: {fixed}"
+        return f"{code!r} is not a language code"
+    if len(primary) == 2 and primary not in ISO_639_1:
+        return f"{code!r} is not an ISO 639-1 language code"
+    return None
+
+
+def check_language_code(code: str, where: str = "") -> str:
+    """Returns ``code`` when it is a valid language code, else raises naming the fault.
+
+    Args:
+        code: the candidate (see :func:`language_code_problem`).
+        where: a prefix for the message, e.g. the input or ``file:line``.
+
+    Raises:
+        ValueError: naming the code, what is wrong and the expected form.
+
+    Example:
+        >>> check_language_code("pt-BR")
+        'pt-BR'
+    """
+    problem = language_code_problem(code)
+    if problem:
+        raise ValueError(f"{where}{problem}; expected {LANGUAGE_CODE_FORM}")
+    return code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,17 +191,36 @@ def language_from_filename(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _name_hint(path: str) -> str:
+    """Why no language was found in a file name, when a part of it nearly is one."""
+    for part in reversed([p for p in re.split(r"[._]", Path(path).name) if p]):
+        if part.casefold() in _LANGUAGE_NAMES or (_TAG_RE.match(part) and part != part.lower()):
+            problem = language_code_problem(part)
+            if problem:
+                return f" ({problem})"
+    return ""
+
+
+def _looks_like_lang_assignment(spec: str) -> bool:
+    """``LANG=PATH``: an '=' whose left side is a bare word (no directory, no extension)."""
+    left, sep, _ = spec.partition("=")
+    return bool(sep) and not os.path.exists(spec) and not re.search(r"[/\\.\s]", left)
+
+
 def parse_input(spec: str | os.PathLike | InputFile) -> InputFile:
     """Turns a command-line input into an :class:`InputFile`.
 
     ``LANG=PATH`` names the language explicitly; ``*.tsv`` / ``*.tsv.gz`` files hold
-    ``lang<TAB>text`` lines; any other file takes its language from its name.
+    ``lang<TAB>text`` lines; any other file takes its language from its name. Language
+    codes are checked (:func:`language_code_problem`); the file itself is checked by
+    :func:`check_input_file`.
 
     Args:
         spec: ``"de=corpus.txt"``, ``"mixed.tsv"`` or ``"train.fr.gz"`` (or an InputFile).
 
     Raises:
-        ValueError: when no language can be found, naming the file.
+        ValueError: when the language is not a valid code, or cannot be found, naming the
+            input and the expected form.
 
     Example:
         >>> parse_input("de=corpus.txt")
@@ -133,20 +229,126 @@ def parse_input(spec: str | os.PathLike | InputFile) -> InputFile:
         True
     """
     if isinstance(spec, InputFile):
+        if spec.lang is not None:
+            check_language_code(spec.lang, f"input {spec.path}: ")
         return spec
     spec = str(spec)
-    match = re.match(r"^([A-Za-z]{2,3}(?:-[A-Za-z]{2,4})?)=(.+)$", spec)
-    if match:
-        return InputFile(path=match.group(2), lang=match.group(1))
+    if _looks_like_lang_assignment(spec):
+        lang, _, path = spec.partition("=")
+        check_language_code(lang, f"--input {spec!r}: ")
+        if not path:
+            raise ValueError(f"--input {spec!r}: no file after '='; expected LANG=PATH, e.g. de=corpus.txt")
+        return InputFile(path=path, lang=lang)
     if spec.endswith(_TSV_SUFFIXES):
         return InputFile(path=spec, lang=None)
     lang = language_from_filename(spec)
     if lang is None:
         raise ValueError(
-            f"cannot tell the language of {spec!r} from its name; name it like "
-            "'corpus.de.txt', pass it as 'de=PATH', or use a .tsv file of lang<TAB>text lines"
+            f"cannot tell the language of {spec!r} from its name{_name_hint(spec)}; name it like "
+            "'corpus.de.txt', pass it as 'de=PATH', or use a .tsv file of lang<TAB>text lines; "
+            f"a language is {LANGUAGE_CODE_FORM}"
         )
     return InputFile(path=spec, lang=lang)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def check_input_file(item: InputFile) -> None:
+    """Checks that an input is a readable, non-empty file, gzip-compressed when named ``.gz``.
+
+    Args:
+        item: the input.
+
+    Raises:
+        FileNotFoundError: when the path does not exist.
+        ValueError: when it is a directory, not readable, empty, or its compression does
+            not match its name, naming the path.
+
+    Example:
+        >>> check_input_file(InputFile("no/such/file.en.txt", "en"))
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: vocabulary input not found: no/such/file.en.txt
+    """
+    path = item.path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"vocabulary input not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"vocabulary input {path} is a directory; pass the text files in it (e.g. {path}/*.txt)")
+    if not os.path.isfile(path):
+        raise ValueError(f"vocabulary input {path} is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError as error:
+        raise ValueError(f"cannot read vocabulary input {path}: {error.strerror or error}") from None
+    if not head:
+        raise ValueError(f"vocabulary input {path} is empty (0 bytes)")
+    if path.endswith(".gz") and head != _GZIP_MAGIC:
+        raise ValueError(
+            f"vocabulary input {path} is named .gz but is not gzip-compressed; rename it without .gz "
+            "or compress it"
+        )
+    if not path.endswith(".gz") and head == _GZIP_MAGIC:
+        raise ValueError(f"vocabulary input {path} is gzip-compressed; name it {path}.gz")
+
+
+def check_inputs(inputs: Sequence[str | os.PathLike | InputFile]) -> list[InputFile]:
+    """Parses and checks every input, reporting all faults at once.
+
+    Args:
+        inputs: as for :func:`train_vocabulary`.
+
+    Returns:
+        The parsed inputs.
+
+    Raises:
+        FileNotFoundError: when the only faults are missing files.
+        ValueError: otherwise, one line per faulty input.
+
+    Example:
+        >>> check_inputs(["english=corpus.txt"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unusable vocabulary inputs (1 of 1):
+          - --input 'english=corpus.txt': 'english' is a language name, not a code: use en; ...
+          - vocabulary input not found: corpus.txt
+    """
+    if not inputs:
+        raise ValueError("train_vocabulary needs at least one input file")
+    files, problems, bad_inputs, missing_only = [], [], 0, True
+    for spec in inputs:
+        # Both the file and its language are checked, so that one run names every fault;
+        # only a directory named without LANG= is not searched for a language.
+        named = isinstance(spec, InputFile) or _looks_like_lang_assignment(str(spec))
+        path = spec.path if isinstance(spec, InputFile) else (
+            str(spec).partition("=")[2] if named else str(spec))
+        here = []
+        if path:
+            try:
+                check_input_file(InputFile(path, None))
+            except FileNotFoundError as error:
+                here.append(str(error))
+            except ValueError as error:
+                here.append(str(error))
+                missing_only = False
+        if named or not os.path.isdir(path):
+            try:
+                item = parse_input(spec)
+            except ValueError as error:
+                here.insert(0, str(error))
+                missing_only = False
+            else:
+                if not here:
+                    files.append(item)
+        problems += here
+        bad_inputs += bool(here)
+    if problems:
+        message = problems[0] if len(problems) == 1 else (
+            f"unusable vocabulary inputs ({bad_inputs} of {len(inputs)}):\n  - " + "\n  - ".join(problems))
+        raise (FileNotFoundError if missing_only else ValueError)(message)
+    return files
 
 
 def _open_text(path: str):
@@ -155,34 +357,74 @@ def _open_text(path: str):
     return open(path, "rb")
 
 
-def iter_sentences(inputs: Sequence[InputFile]) -> Iterator[tuple[str, str]]:
+#: Reasons a line is skipped, as counted by :func:`iter_sentences`.
+SKIP_REASONS = ("invalid_utf8", "no_tab", "no_language")
+
+
+def iter_sentences(
+    inputs: Sequence[InputFile], skipped: dict[str, int] | None = None
+) -> Iterator[tuple[str, str]]:
     """Yields ``(lang, sentence)`` for every non-empty, valid UTF-8 line of ``inputs``.
 
-    Lines with invalid UTF-8, empty lines and malformed ``lang<TAB>text`` lines are skipped.
+    Empty lines are passed over. Lines with invalid UTF-8, and ``lang<TAB>text`` lines
+    without a tab or without a language, are skipped and counted in ``skipped`` (by the
+    reasons of :data:`SKIP_REASONS`). A ``lang<TAB>text`` line whose language is not a
+    valid code is an error, as is a damaged gzip stream.
 
     Args:
         inputs: the corpus files.
+        skipped: a dict to count skipped lines in (updated in place), or None.
+
+    Raises:
+        ValueError: naming the file and line: an invalid language code, or a ``.gz``
+            file that cannot be decompressed.
 
     Example:
         >>> list(iter_sentences([]))
         []
     """
+    checked: set[str] = set()
     for item in inputs:
-        with _open_text(item.path) as handle:
-            for raw in handle:
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    continue
-                lang = item.lang
-                if lang is None:
-                    lang, sep, line = line.partition("\t")
-                    lang = lang.strip()
-                    if not sep or not lang:
+        lineno = 0
+        try:
+            with _open_text(item.path) as handle:
+                for lineno, raw in enumerate(handle, start=1):
+                    try:
+                        line = raw.decode("utf-8").rstrip("\r\n")
+                    except UnicodeDecodeError:
+                        _count(skipped, "invalid_utf8")
                         continue
-                line = line.strip()
-                if line:
-                    yield lang, line
+                    lang = item.lang
+                    if lang is None:
+                        if not line.strip():
+                            continue
+                        lang, sep, line = line.partition("\t")
+                        lang = lang.strip()
+                        if not sep:
+                            _count(skipped, "no_tab")
+                            continue
+                        if not lang:
+                            if line.strip():
+                                _count(skipped, "no_language")
+                            continue
+                        if lang not in checked:
+                            check_language_code(lang, f"{item.path}:{lineno}: ")
+                            checked.add(lang)
+                    line = line.strip()
+                    if line:
+                        yield lang, line
+        except (OSError, EOFError, zlib.error) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ValueError(
+                f"cannot read {item.path} after line {lineno}: {error} (a damaged or truncated "
+                "gzip file?)"
+            ) from None
+
+
+def _count(counts: dict[str, int] | None, key: str) -> None:
+    if counts is not None:
+        counts[key] = counts.get(key, 0) + 1
 
 
 def balanced_sample_sizes(
@@ -223,6 +465,12 @@ def _line_multiplicities(n: int, m: int, rng: np.random.Generator) -> np.ndarray
     extra = rng.choice(n, size=m % n, replace=False)
     reps[extra] += 1
     return reps
+
+
+def _describe_skipped(skipped: dict[str, int]) -> str:
+    names = {"invalid_utf8": "invalid UTF-8", "no_tab": "no tab in a lang<TAB>text file",
+             "no_language": "text without a language"}
+    return ", ".join(f"{n} {names[k]}" for k, n in skipped.items() if n)
 
 
 def train_vocabulary(
@@ -266,7 +514,10 @@ def train_vocabulary(
         The path of the ``.model`` file.
 
     Raises:
-        ValueError: on an empty corpus, a bad option, or a language without a name.
+        FileNotFoundError: when input files are missing (all of them are named).
+        ValueError: on an input whose language is missing or not a valid code, a directory,
+            an empty or unreadable file, a ``.gz`` that is not gzip (or the reverse), a file
+            without any sentence, or a bad option; checked before anything is written.
 
     Example:
         >>> train_vocabulary(["train.en.gz", "train.de.gz", "zh=zh.txt"], 32000, "vocab/m")
@@ -275,29 +526,30 @@ def train_vocabulary(
     """
     import sentencepiece as spm
 
-    files = [parse_input(x) for x in inputs]
-    if not files:
-        raise ValueError("train_vocabulary needs at least one input file")
-    for item in files:
-        if not os.path.exists(item.path):
-            raise FileNotFoundError(f"vocabulary input not found: {item.path}")
+    files = check_inputs(inputs)
     if vocab_size <= NUM_RESERVED_IDS:
         raise ValueError(
             f"vocab_size must exceed {NUM_RESERVED_IDS} (5 special tokens + 256 byte pieces), "
             f"got {vocab_size}"
         )
-    out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-
-    # Pass 1: count sentences per language.
+    # Pass 1: count sentences per language; every file must give some.
     counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     with Progress("counting sentences", unit="lines", enabled=verbose) as progress:
-        for lang, _ in iter_sentences(files):
-            counts[lang] = counts.get(lang, 0) + 1
-            progress.update()
+        for item in files:
+            found, skipped_here = 0, {}
+            for lang, _ in iter_sentences([item], skipped_here):
+                counts[lang] = counts.get(lang, 0) + 1
+                found += 1
+                progress.update()
+            if not found:
+                why = f" (skipped: {_describe_skipped(skipped_here)})" if skipped_here else ""
+                raise ValueError(f"vocabulary input {item.path} holds no non-empty UTF-8 line to learn from{why}")
+            for reason, n in skipped_here.items():
+                skipped[reason] = skipped.get(reason, 0) + n
     total_sentences = sum(counts.values())
-    if total_sentences == 0:
-        raise ValueError("the vocabulary corpus holds no non-empty UTF-8 lines")
+    if verbose and skipped:
+        print(f"  skipped lines: {_describe_skipped(skipped)}", flush=True)
     if sample_size is None:
         sample_size = min(total_sentences, max_sample_size)
     targets = balanced_sample_sizes(counts, alpha, sample_size)
@@ -312,6 +564,8 @@ def train_vocabulary(
             )
 
     # Pass 2: write the balanced sample, then train on it.
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="malign-vocab-", dir=out_prefix.parent) as tmp:
         sample_path = os.path.join(tmp, "sample.txt")
         seen = dict.fromkeys(counts, 0)
@@ -380,6 +634,7 @@ def train_vocabulary(
         "character_coverage": character_coverage,
         "inputs": [dataclasses.asdict(f) for f in files],
         "sentences": counts,
+        "skipped_lines": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
         "sampled": targets,
         "special_tokens": SPECIAL_TOKENS,
         "trainer_options": {k: v for k, v in trainer_options.items()},

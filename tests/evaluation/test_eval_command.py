@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from math import comb
 
 import numpy as np
 import pytest
@@ -66,6 +67,16 @@ def test_eval_task1_writes_all_outputs(workdir, capsys):
         assert report["languages"]["de"][key] == pytest.approx(want[key], abs=0.5)
     table = (out / "metrics.md").read_text()
     assert "| de | 242 | 242 |" in table and "mean over languages" in table and "I→T R@1" in table
+    # Chance: one caption per image per language, 242 images: R@K = K / 242 both ways.
+    for m in list(report["languages"].values()) + [report["mean"]]:
+        for k in (1, 5, 10):
+            assert m["chance"][f"image_to_text_r{k}"] == pytest.approx(100 * k / 242)
+            assert m["chance"][f"text_to_image_r{k}"] == pytest.approx(100 * k / 242)
+    # Pooled: 4 of 968 captions per image; R@5 = 1 - C(964, 5) / C(968, 5).
+    assert report["all"]["chance"]["image_to_text_r5"] == pytest.approx(100 * (1 - comb(964, 5) / comb(968, 5)))
+    assert report["all"]["chance"]["text_to_image_r5"] == pytest.approx(100 * 5 / 242)
+    assert ("| chance (en, de, fr, cs, all, mean over languages) |  |  | 0.41 | 2.1 | 4.1 | 0.41 | 2.1 | 4.1 | 2.2 |"
+            in table)                          # all's values differ only past the printed digits
     assert (out / "recall.png").read_bytes()[:8] == PNG_MAGIC
     assert "| cs | 242 | 242 |" in capsys.readouterr().out
 
@@ -81,6 +92,8 @@ def test_eval_task2_five_captions_per_image(workdir):
     assert list(report["languages"]) == ["en", "de"]
     for m in report["languages"].values():
         assert m["num_captions"] == 5 * 242 and m["min_captions_per_image"] == 5
+        # Chance of finding one of 5 captions among 1210 in the top 10.
+        assert m["chance"]["image_to_text_r10"] == pytest.approx(100 * (1 - comb(1205, 10) / comb(1210, 10)))
     want = _reference_metrics(workdir, "m30k-val-task2", "en")
     for key in M.METRIC_KEYS:
         assert report["languages"]["en"][key] == pytest.approx(want[key], abs=0.5)
@@ -134,10 +147,20 @@ def test_zero_shot_on_records_and_image_folder(workdir, multi30k_mini, tmp_path)
         assert (out / "metrics.md").is_file() and (out / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
         assert report["languages"]["en"]["num_templates"] == 18     # built-in English set
         assert report["languages"]["de"]["num_templates"] == 2
-        for m in report["languages"].values():
+        for lang, m in report["languages"].items():
             assert m["num_images"] == 12 and m["num_classes"] == 3
             assert m["top5"] == 100.0                                 # 3 classes
             assert 0.0 <= m["top1"] <= 100.0
+            assert m["chance"] == {"top1": 100 / 3, "top5": 100.0, "mean_per_class_top1": 100 / 3}
+            assert [c["images"] for c in m["per_class"].values()] == [4, 4, 4]
+            assert list(m["per_class"]) == classes[lang]
+            rows = (out / m["confusion_file"]).read_text(encoding="utf-8").splitlines()
+            assert rows[0] == "true \\ predicted," + ",".join(classes[lang])
+            counts = np.array([[int(v) for v in row.split(",")[1:]] for row in rows[1:]])
+            assert counts.sum(axis=1).tolist() == [4, 4, 4]
+            assert np.trace(counts) == round(m["top1"] * 12 / 100)
+            assert (out / f"confusion-{lang}.png").read_bytes()[:8] == PNG_MAGIC
+        assert "| chance (en, de, mean) |" in (out / "metrics.md").read_text()
         reports.append(report)
     # Same images, same labels (the folder lists them in another order): same accuracy.
     assert reports[0]["languages"]["en"]["top1"] == reports[1]["languages"]["en"]["top1"]
