@@ -7,6 +7,7 @@
 - :mod:`~malign.evaluation.embedding`: embedding images and captions with a model, in batches.
 - :mod:`~malign.evaluation.evaluate`: per-language, pooled and averaged retrieval reports.
 - :mod:`~malign.evaluation.zero_shot`: class names x prompt templates per language.
+- :mod:`~malign.evaluation.chance`: the chance level of each recall and accuracy, exactly.
 - :mod:`~malign.evaluation.report`: ``metrics.json``, Markdown tables, PNG charts.
 - :mod:`~malign.evaluation.callback`: :class:`RetrievalEvaluation` for ``fit``.
 - ``malign eval`` / ``malign eval zero-shot``: :mod:`~malign.evaluation.commands`.

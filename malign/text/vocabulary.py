@@ -484,6 +484,7 @@ def train_vocabulary(
     seed: int = 0,
     num_threads: int | None = None,
     verbose: bool = True,
+    sentencepiece_log: bool | None = None,
     **trainer_options: object,
 ) -> Path:
     """Trains a SentencePiece unigram vocabulary with language-balanced sampling.
@@ -506,7 +507,9 @@ def train_vocabulary(
             rest fall back to bytes.
         seed: seeds the language sampling and SentencePiece's own sampling.
         num_threads: trainer threads; defaults to the number of CPUs.
-        verbose: print progress (and SentencePiece's training log).
+        verbose: print progress.
+        sentencepiece_log: show SentencePiece's own training log; by default only when
+            the user asked for library logs (``malign -v``, ``MALIGN_VERBOSE=1``).
         **trainer_options: further ``SentencePieceTrainer`` options, e.g.
             ``max_sentence_length=8192``.
 
@@ -526,6 +529,9 @@ def train_vocabulary(
     """
     import sentencepiece as spm
 
+    from malign.tf_logging import verbose as libraries_verbose
+
+    show_log = libraries_verbose() if sentencepiece_log is None else sentencepiece_log
     files = check_inputs(inputs)
     if vocab_size <= NUM_RESERVED_IDS:
         raise ValueError(
@@ -594,14 +600,14 @@ def train_vocabulary(
             control_symbols=[CLS_TOKEN, SEP_TOKEN, MASK_TOKEN],
             input_sentence_size=0,  # the sample above is the training set
             num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=0 if verbose else 2,
+            minloglevel=0 if show_log else 2,
             accept_language=",".join(sorted(counts)),
         )
         options.update(trainer_options)
         if verbose:
             print(
                 f"training SentencePiece unigram, {vocab_size} pieces, on {sample_size} "
-                "sentences (its log follows)",
+                "sentences" + (" (its log follows)" if show_log else " (its log: malign -v)"),
                 flush=True,
             )
         spm.set_random_generator_seed(seed)

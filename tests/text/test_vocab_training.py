@@ -124,8 +124,11 @@ def test_train_vocabulary_errors(corpus, tmp_path):
         train_vocabulary([empty], 400, tmp_path / "x", verbose=False)
 
 
-def test_cli_tokenizer_train_and_encode(corpus, tmp_path, capsys):
+def test_cli_tokenizer_train_and_encode(corpus, tmp_path, capfd, monkeypatch):
     from malign.cli import main
+
+    monkeypatch.delenv("MALIGN_VERBOSE", raising=False)
+    capsys = capfd  # SentencePiece logs to file descriptor 2
 
     out = tmp_path / "cli" / "vocab"
     code = main(["tokenizer", "train", "--input", str(corpus / "train.en.gz"),
@@ -135,9 +138,15 @@ def test_cli_tokenizer_train_and_encode(corpus, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "counting sentences" in captured.err and "sampling" in captured.err  # progress
     assert "en: 300 sentences" in captured.out
+    assert "trainer_interface.cc" not in captured.err  # SentencePiece's log only with -v
     assert spm.SentencePieceProcessor(model_file=f"{out}.model").get_piece_size() == 290
     code = main(["tokenizer", "encode", "--model", f"{out}.model", "Zwei rote Kreise"])
     assert code == 0
     assert "[CLS]" in capsys.readouterr().out
     assert main(["tokenizer", "train", "--input", str(tmp_path / "corpus.txt"),
                  "--vocab-size", "350", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert main(["-v", "tokenizer", "train", "--input", str(corpus / "train.en.gz"),
+                 "--vocab-size", "290", "--out", str(tmp_path / "v2" / "vocab"),
+                 "--threads", "1"]) == 0
+    assert "trainer_interface.cc" in capsys.readouterr().err
