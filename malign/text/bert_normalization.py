@@ -62,10 +62,24 @@ def _parse_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def _char_class(text: str) -> str:
-    """An RE2 character class of the ranges in ``text`` (``"0300-036F 0483 ..."``)."""
-    parts = [f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in _parse_ranges(text)]
+def _char_class(text: str, but: str = "") -> str:
+    """An RE2 character class of the ranges in ``text`` (``"0300-036F 0483 ..."``) minus ``but``."""
+    ranges = _parse_ranges(text)
+    if but:
+        ranges = []
+        for cp in sorted(set(_codepoints(text)) - set(_codepoints(but))):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+    parts = [f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in ranges]
     return "[" + "".join(parts) + "]"
+
+
+def _ascii_class(text: str, but: str = "") -> str:
+    """An RE2 class of the ASCII characters in the ranges of ``text`` and not in those of ``but``."""
+    chars = sorted(set(cp for cp in _codepoints(text) if cp < 0x80) - set(_codepoints(but)))
+    return "[" + "".join(f"\\x{{{cp:X}}}" for cp in chars) + "]"
 
 
 def _codepoints(text: str) -> list[int]:
@@ -111,8 +125,11 @@ def check_utf8(text: tf.Tensor, what: str = "text") -> tf.Tensor:
         array([b'ok'], dtype=object)
     """
     text = tf.convert_to_tensor(text, tf.string)
-    valid = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="ignore"), text)
-    bad = tf.where(tf.logical_not(tf.reshape(valid, [-1])))[:, 0]
+    flat = tf.reshape(text, [-1])
+    suspect = tf.where(tf.logical_not(tf.strings.regex_full_match(flat, _ASCII_TEXT)))[:, 0]
+    other = tf.gather(flat, suspect)
+    valid = tf.equal(tf.strings.unicode_transcode(other, "UTF-8", "UTF-8", errors="ignore"), other)
+    bad = tf.boolean_mask(suspect, tf.logical_not(valid))
     check = tf.debugging.Assert(
         tf.equal(tf.size(bad), 0),
         [f"{what} is not valid UTF-8 at positions (flat, first ten):", bad[:10]], summarize=10)
@@ -174,21 +191,47 @@ def normalize(text: tf.Tensor, lowercase: bool = True, strip_accents: bool | Non
         >>> normalize(tf.constant(["Ünïcode\\u0007 \\u00a0北京"])).numpy()[0].decode()
         'unicode   北  京 '
     """
-    import tensorflow_text as tf_text
-
     if strip_accents is None:
         strip_accents = lowercase
     text = tf.convert_to_tensor(text, tf.string)
+    flat = tf.reshape(text, [-1])
+    out = _by_kind(flat, tf.strings.regex_full_match(flat, _ASCII_TEXT),
+                   lambda ascii_text: _normalize_ascii(ascii_text, lowercase),
+                   lambda other: _normalize_unicode(other, lowercase, strip_accents))
+    return tf.ensure_shape(tf.reshape(out, tf.shape(text)), text.shape)
+
+
+def _by_kind(text: tf.Tensor, simple: tf.Tensor, simple_fn, general_fn) -> tf.Tensor:
+    """``simple_fn`` on the elements of ``text`` (rank 1) where ``simple``, ``general_fn`` on the rest."""
+    kind = tf.cast(simple, tf.int32)
+    positions = tf.dynamic_partition(tf.range(tf.size(text)), kind, 2)
+    general, plain = tf.dynamic_partition(text, kind, 2)
+    return tf.dynamic_stitch(positions, [general_fn(general), simple_fn(plain)])
+
+
+def _normalize_ascii(text: tf.Tensor, lowercase: bool) -> tf.Tensor:
+    """``normalize`` of ASCII text: no CJK, accents or non-ASCII case (see the tests)."""
+    text = tf.strings.regex_replace(text, _ASCII_REMOVED_CLASS, "")
+    text = tf.strings.regex_replace(text, _ASCII_WHITESPACE_CLASS, " ")
+    return tf.strings.lower(text) if lowercase else text  # ASCII letters only, byte by byte
+
+
+def _normalize_unicode(text: tf.Tensor, lowercase: bool, strip_accents: bool) -> tf.Tensor:
+    import tensorflow_text as tf_text
+
     text = tf.strings.regex_replace(text, _REMOVED_CLASS, "")
-    text = tf.strings.regex_replace(text, _WHITESPACE_CLASS, " ")
+    text = tf.strings.regex_replace(text, _CLEAN_WHITESPACE_CLASS, " ")
     text = tf.strings.regex_replace(text, _CHINESE_CLASS, " \\0 ")
     if strip_accents:
         # Characters tensorflow-text's (newer) NFD decomposes but the reference's does not wait
         # in private-use code points, which clean_text has just removed from the text.
-        text = _map_codepoints(text, *_NFD_PROTECT)
-        text = tf_text.normalize_utf8(text, "NFD")
+        def protected_nfd(text):
+            text = tf_text.normalize_utf8(_map_codepoints(text, *_NFD_PROTECT), "NFD")
+            return _map_codepoints(text, *_NFD_RESTORE)
+
+        text = _by_kind(text, tf.logical_not(tf.strings.regex_full_match(text, _HAS_NFD_KEPT)),
+                        lambda plain: tf_text.normalize_utf8(plain, "NFD"), protected_nfd)
         text = tf.strings.regex_replace(text, _NONSPACING_CLASS, "")
-        text = _map_codepoints(text, *_NFD_RESTORE)
     if lowercase:
         for source, target in _LOWERCASE_MULTI.items():
             text = tf.strings.regex_replace(text, f"\\x{{{source:X}}}", "".join(map(chr, target)))
@@ -303,12 +346,17 @@ _LOWERCASE_MULTI = {0x0130: (0x0069, 0x0307,)}
 # --- end of generated tables ---
 
 
+_ASCII_TEXT = "[\\x00-\\x7F]*"
 _REMOVED_CLASS = _char_class(_REMOVED)
 _WHITESPACE_CLASS = _char_class(_WHITESPACE)
+_CLEAN_WHITESPACE_CLASS = _char_class(_WHITESPACE, but=_REMOVED + " 0020")  # the space stays
+_ASCII_REMOVED_CLASS = _ascii_class(_REMOVED)
+_ASCII_WHITESPACE_CLASS = _ascii_class(_WHITESPACE, but=_REMOVED + " 0020")
 _CHINESE_CLASS = _char_class(_CHINESE)
 _NONSPACING_CLASS = _char_class(_NONSPACING)
 _PUNCTUATION_CLASS = _char_class(_PUNCTUATION)
 _SPLIT_PATTERN = _WHITESPACE_CLASS + "|" + _PUNCTUATION_CLASS
+_HAS_NFD_KEPT = "(?s).*" + _char_class(_NFD_KEPT) + ".*"
 _NFD_PROTECT = (np.asarray(_codepoints(_NFD_KEPT), np.int32),
                 np.arange(_PRIVATE_USE, _PRIVATE_USE + len(_codepoints(_NFD_KEPT)), dtype=np.int32))
 _NFD_RESTORE = (_NFD_PROTECT[1], _NFD_PROTECT[0])

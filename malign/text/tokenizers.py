@@ -522,7 +522,7 @@ def _one_id_where(condition: tf.Tensor, ids: Any, row_splits_dtype: tf.DType) ->
     """Rows of one id (``ids``, a scalar or per row) where ``condition``, empty rows elsewhere."""
     ids = tf.broadcast_to(tf.cast(ids, tf.int32), tf.shape(condition))
     return tf.RaggedTensor.from_row_lengths(tf.boolean_mask(ids, condition),
-                                            tf.cast(condition, row_splits_dtype))
+                                            tf.cast(condition, row_splits_dtype), validate=False)
 
 
 def tokenizer_from_file(
