@@ -219,3 +219,14 @@ def test_saved_model_gives_the_same_ids(tmp_path, rich_vocabulary):
     want_ids, want_mask = _reference_ids(_reference_tokenizer(rich_vocabulary, True, None), TEXTS, 48, 0)
     np.testing.assert_array_equal(out["token_ids"].numpy(), want_ids)
     np.testing.assert_array_equal(out["padding_mask"].numpy(), want_mask)
+
+
+def test_other_added_tokens(rich_vocabulary):
+    """Added tokens besides BERT's specials (tokenizer.json entries with "normalized": false)."""
+    extra = ["<cat>", "x<cat>y", "ab", "Ünï"]
+    vocab = rich_vocabulary + extra
+    reference = _reference_tokenizer(vocab, True, None)
+    reference.add_tokens([tokenizers.AddedToken(t, normalized=False) for t in extra])
+    layer = WordPieceTokenizer(vocab, sequence_length=32, added_tokens=SPECIALS + extra)
+    texts = ["a<cat>b x<cat>y x<cat>", "about abab Ab", "Ünïcode ünï ÜNÏ", "<cat>[MASK]x<cat>y<cat>"]
+    _assert_same(layer, reference, texts + TEXTS[:100])
