@@ -4,6 +4,8 @@
   language-balanced sampling; ``malign tokenizer train`` is its command line.
 - :class:`SentencePieceTokenizer` and :class:`WordPieceTokenizer` are Keras layers that map
   strings to ``{"token_ids", "padding_mask"}`` in the TensorFlow graph.
+- :mod:`malign.text.bert_normalization` holds BERT's text rules (cleaning, CJK, accents,
+  lowercase, added tokens, pre-tokenization) as TensorFlow ops, for :class:`WordPieceTokenizer`.
 - Special tokens have fixed ids: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3,
   ``[MASK]`` 4 (see :data:`SPECIAL_TOKENS`).
 

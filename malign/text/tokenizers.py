@@ -8,8 +8,10 @@ eager mode, inside ``tf.function`` and inside ``tf.data`` pipelines, and save wi
 - :class:`SentencePieceTokenizer` wraps tensorflow-text's SentencePiece op. The model proto is
   an asset of the ``.keras`` archive and a constant of a SavedModel, so neither needs a file
   beside it. Its ids equal the Python ``sentencepiece`` package's ids for the same text.
-- :class:`WordPieceTokenizer` wraps keras-hub's ``BertTokenizer`` for BERT WordPiece
-  vocabularies such as the English one of ``kakaobrain/align-base``.
+- :class:`WordPieceTokenizer` is BERT's tokenizer for WordPiece vocabularies such as the
+  English one of ``kakaobrain/align-base``: BERT's text cleaning and normalization
+  (:mod:`malign.text.bert_normalization`) and tensorflow-text's WordPiece op. Its ids equal
+  those of the checkpoint's ``tokenizer.json`` run by HuggingFace ``tokenizers``.
 
 Example:
     >>> import malign
@@ -29,6 +31,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from malign.text import bert_normalization
+from malign.text.bert_normalization import DEFAULT_ADDED_TOKENS
 from malign.text.vocabulary import CLS_TOKEN, MASK_TOKEN, PAD_TOKEN, SEP_TOKEN, UNK_TOKEN
 
 _SPECIAL_NAMES = {
@@ -225,17 +229,6 @@ class _PackedTokenizer(keras.layers.Layer):
         return config
 
 
-def _keras_hub_tensors():
-    """Keeps keras-hub layers from turning eager outputs into Python lists.
-
-    keras-hub converts ragged outputs of eagerly called preprocessing layers to lists unless
-    called inside its "no convert" scope (it is what its own composite layers use).
-    """
-    from keras_hub.src.utils.tensor_utils import no_convert_scope
-
-    return no_convert_scope()
-
-
 def _read_bytes(path: str | os.PathLike) -> bytes:
     with tf.io.gfile.GFile(os.fspath(path), "rb") as handle:
         return handle.read()
@@ -348,46 +341,84 @@ class SentencePieceTokenizer(_PackedTokenizer):
 
 @keras.saving.register_keras_serializable(package="malign")
 class WordPieceTokenizer(_PackedTokenizer):
-    """BERT WordPiece tokenization (keras-hub's ``BertTokenizer``) behind the same interface.
+    """BERT WordPiece tokenization with BERT's text rules, in the TensorFlow graph.
 
     For the English WordPiece vocabulary of the released ``kakaobrain/align-base``
-    checkpoint and other BERT vocabularies. The ids of ``[CLS]``, ``[SEP]``, ``[PAD]``,
+    checkpoint and other BERT vocabularies. The ids are those of the checkpoint's
+    ``tokenizer.json`` as HuggingFace ``tokenizers`` computes them (see
+    :mod:`malign.text.bert_normalization`): the added tokens (``[CLS]``, ``[MASK]``...) written
+    in the text are kept whole (case-sensitive, before normalization); the rest is cleaned
+    (NUL, control and format characters such as BEL, soft hyphen and zero-width space deleted;
+    every Unicode whitespace made a space), CJK ideographs become words of their own, accents
+    are stripped and text lowercased (uncased BERT), and the words split at whitespace and
+    punctuation go through greedy longest-match WordPiece (a word of more than 100 characters,
+    or one with no split into the vocabulary, is ``[UNK]``). Text must be valid UTF-8 (an
+    InvalidArgumentError names the bad positions). The ids of ``[CLS]``, ``[SEP]``, ``[PAD]``,
     ``[MASK]`` and ``[UNK]`` come from the vocabulary; all five must be in it.
 
     Args:
         vocabulary: a path to a ``vocab.txt`` (one token a line, line number = id) or a
             list of tokens. None only while loading from a ``.keras`` file.
         sequence_length: length of every output row.
-        lowercase: lowercase and strip accents first (True for uncased BERT).
+        lowercase: lowercase the text (True for uncased BERT).
+        strip_accents: delete accents (NFD, then non-spacing marks); None: as ``lowercase``,
+            like ``tokenizers``' ``"strip_accents": null``.
+        added_tokens: tokens matched whole in the raw text, before normalization (the
+            ``added_tokens`` of ``tokenizer.json`` with ``"normalized": false``); each must be
+            in the vocabulary. None: BERT's five special tokens.
         **kwargs: keras Layer arguments.
+
+    Raises:
+        ValueError: a special or added token is missing from the vocabulary, or an added
+            token is empty or holds a character that cleaning deletes (NUL, U+FFFD).
 
     Example:
         >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "##s"]
-        >>> tok = WordPieceTokenizer(vocab, sequence_length=6)
-        >>> tok(["A dogs"])["token_ids"].numpy().tolist()
-        [[2, 5, 6, 7, 3, 0]]
+        >>> tok = WordPieceTokenizer(vocab, sequence_length=7)
+        >>> tok(["A dogs", "a\\u00a0[MASK]\\u200bdog"])["token_ids"].numpy().tolist()
+        [[2, 5, 6, 7, 3, 0, 0], [2, 5, 4, 6, 3, 0, 0]]
     """
 
     ASSET_FILENAME = "vocabulary.txt"
+    MAX_INPUT_CHARS_PER_WORD = 100
+    """Longer words are ``[UNK]`` (``max_input_chars_per_word`` of BERT's WordPiece)."""
 
     def __init__(
         self,
         vocabulary: str | os.PathLike | Sequence[str] | None = None,
         sequence_length: int = 64,
         lowercase: bool = True,
+        strip_accents: bool | None = None,
+        added_tokens: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(sequence_length=sequence_length, **kwargs)
         self._lowercase = bool(lowercase)
+        self._strip_accents = None if strip_accents is None else bool(strip_accents)
+        if isinstance(added_tokens, str):
+            raise TypeError(f"added_tokens must be a list of tokens, got the string {added_tokens!r}")
+        self._added_tokens = (DEFAULT_ADDED_TOKENS if added_tokens is None
+                              else tuple(str(t) for t in added_tokens))
+        self._added_ids: tuple[int, ...] = ()
         self._vocabulary: list[str] | None = None
-        self._hub_tokenizer = None
+        self._fast_wordpiece = None
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
 
     @property
     def lowercase(self) -> bool:
-        """Whether text is lowercased (and accents stripped) before WordPiece."""
+        """Whether text is lowercased before WordPiece."""
         return self._lowercase
+
+    @property
+    def strip_accents(self) -> bool:
+        """Whether accents are stripped (NFD, then non-spacing marks deleted)."""
+        return self._lowercase if self._strip_accents is None else self._strip_accents
+
+    @property
+    def added_tokens(self) -> tuple[str, ...]:
+        """The tokens matched whole in the raw text."""
+        return self._added_tokens
 
     @property
     def vocabulary(self) -> list[str]:
@@ -396,12 +427,12 @@ class WordPieceTokenizer(_PackedTokenizer):
         return list(self._vocabulary)  # type: ignore[arg-type]
 
     def set_vocabulary(self, vocabulary: str | os.PathLike | Sequence[str]) -> None:
-        """Loads a WordPiece vocabulary and checks its special tokens.
+        """Loads a WordPiece vocabulary and checks its special and added tokens.
 
         Args:
             vocabulary: a ``vocab.txt`` path or a list of tokens.
         """
-        import keras_hub
+        import tensorflow_text as tf_text
 
         if isinstance(vocabulary, (str, os.PathLike)):
             source = os.fspath(vocabulary)
@@ -418,20 +449,51 @@ class WordPieceTokenizer(_PackedTokenizer):
             index.setdefault(token, i)
         ids = {name: index.get(piece) for name, piece in _SPECIAL_NAMES.items()}
         self._set_special_ids(ids, len(tokens), source)
+        bad = [t for t in self._added_tokens if not t or "\x00" in t or "\ufffd" in t]
+        if bad:
+            raise ValueError(f"WordPieceTokenizer: added tokens must be non-empty and hold no NUL or "
+                             f"U+FFFD (text cleaning deletes them); got {bad}")
+        missing = [t for t in self._added_tokens if t not in index]
+        if missing:
+            raise ValueError(f"WordPieceTokenizer: the added token(s) {', '.join(missing)} are not in "
+                             f"the vocabulary {source}")
+        self._added_ids = tuple(index[t] for t in self._added_tokens)
         self._vocabulary = tokens
-        self._hub_tokenizer = keras_hub.tokenizers.BertTokenizer(
-            vocabulary=tokens, lowercase=self._lowercase, strip_accents=self._lowercase,
-            _allow_python_workflow=False,
-        )  # BERT uncased lowercases *and* strips accents ("café" -> "cafe")
+        # Words are split by bert_normalization.pre_tokenize; the length limit is applied in
+        # characters in _tokenize (the op counts bytes: 4 per character at most).
+        self._fast_wordpiece = tf_text.FastWordpieceTokenizer(
+            vocab=tokens, suffix_indicator="##", unknown_token=UNK_TOKEN,
+            max_bytes_per_word=4 * self.MAX_INPUT_CHARS_PER_WORD, token_out_type=tf.int32,
+            no_pretokenization=True, support_detokenization=True)
 
     def _tokenize(self, strings: tf.Tensor) -> tf.RaggedTensor:
-        with _keras_hub_tensors():
-            ids = self._hub_tokenizer.tokenize(strings)
-        return tf.cast(ids, tf.int32)
+        strings = bert_normalization.check_utf8(strings, f"{type(self).__name__} input")
+        pieces = bert_normalization.split_added_tokens(strings, self._added_tokens)  # [B, P]
+        piece = pieces.flat_values
+        if self._added_tokens:
+            matches = tf.equal(piece[:, None], tf.constant(self._added_tokens)[None, :])
+            is_added = tf.reduce_any(matches, axis=1)
+            added_id = tf.reduce_sum(tf.where(matches, tf.constant(self._added_ids, tf.int32), 0), axis=1)
+        else:
+            is_added = tf.zeros_like(piece, dtype=tf.bool)
+            added_id = tf.zeros_like(piece, dtype=tf.int32)
+        text = tf.where(is_added, "", piece)
+        text = bert_normalization.normalize(text, lowercase=self._lowercase,
+                                            strip_accents=self.strip_accents)
+        words = bert_normalization.pre_tokenize(text)  # [pieces, W]
+        word = words.flat_values
+        too_long = tf.strings.length(word, unit="UTF8_CHAR") > self.MAX_INPUT_CHARS_PER_WORD
+        word_ids = self._fast_wordpiece.tokenize(word)  # [words, K]
+        keep = word_ids.with_flat_values(tf.gather(tf.logical_not(too_long), word_ids.value_rowids()))
+        word_ids = tf.concat([_one_id_where(too_long, self.unk_token_id, word_ids.row_splits.dtype),
+                              tf.ragged.boolean_mask(word_ids, keep)], axis=1)
+        text_ids = words.with_flat_values(word_ids).merge_dims(1, 2)  # [pieces, T]
+        piece_ids = tf.concat(
+            [_one_id_where(is_added, added_id, text_ids.row_splits.dtype), text_ids], axis=1)
+        return pieces.with_flat_values(piece_ids).merge_dims(1, 2)
 
     def _detokenize(self, ids: tf.RaggedTensor) -> tf.Tensor:
-        with _keras_hub_tensors():
-            return self._hub_tokenizer.detokenize(ids)
+        return self._fast_wordpiece.detokenize(ids)
 
     def id_to_token(self, token_id: int) -> str:
         """Returns the token of an id.
@@ -444,6 +506,8 @@ class WordPieceTokenizer(_PackedTokenizer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["lowercase"] = self._lowercase
+        config["strip_accents"] = self._strip_accents
+        config["added_tokens"] = list(self._added_tokens)
         return config
 
     def save_assets(self, dir_path: str) -> None:
@@ -452,6 +516,13 @@ class WordPieceTokenizer(_PackedTokenizer):
 
     def load_assets(self, dir_path: str) -> None:
         self.set_vocabulary(os.path.join(dir_path, self.ASSET_FILENAME))
+
+
+def _one_id_where(condition: tf.Tensor, ids: Any, row_splits_dtype: tf.DType) -> tf.RaggedTensor:
+    """Rows of one id (``ids``, a scalar or per row) where ``condition``, empty rows elsewhere."""
+    ids = tf.broadcast_to(tf.cast(ids, tf.int32), tf.shape(condition))
+    return tf.RaggedTensor.from_row_lengths(tf.boolean_mask(ids, condition),
+                                            tf.cast(condition, row_splits_dtype), validate=False)
 
 
 def tokenizer_from_file(

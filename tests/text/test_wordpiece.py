@@ -1,4 +1,5 @@
-"""WordPieceTokenizer: keras-hub's BertTokenizer behind the malign interface."""
+"""WordPieceTokenizer: the malign interface, vocabulary checks, saving (parity with tokenizers:
+test_wordpiece_parity.py)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,40 @@ def test_in_tf_data():
     batch = next(iter(ds))
     assert batch["token_ids"].shape == (2, 6)
     assert batch["token_ids"].numpy()[0].tolist() == [2, 5, 6, 7, 3, 0]
+
+
+def test_added_tokens_and_settings_survive_save_and_load(tmp_path):
+    vocab = VOCAB + ["<cat>", "café"]
+    tok = WordPieceTokenizer(vocab, sequence_length=8, strip_accents=False,
+                             added_tokens=["[MASK]", "<cat>"])
+    texts = tf.constant(["a<cat>CAFÉ [MASK][CLS]"])
+    want = tok(texts)["token_ids"].numpy()
+    # <cat> and [MASK] whole; [CLS] is not an added token here: "[", "cls", "]" (unknown, cut).
+    assert want.tolist() == [[2, 5, 19, 20, 4, 1, 1, 3]]
+    inputs = keras.Input(shape=(), dtype="string")
+    keras.Model(inputs, tok(inputs)).save(tmp_path / "wp.keras")
+    loaded = keras.models.load_model(tmp_path / "wp.keras")
+    np.testing.assert_array_equal(loaded(texts)["token_ids"], want)
+    layer = [x for x in loaded.layers if isinstance(x, WordPieceTokenizer)][0]
+    assert (layer.added_tokens, layer.lowercase, layer.strip_accents) == (("[MASK]", "<cat>"), True, False)
+
+
+def test_bad_added_tokens_fail_loudly():
+    with pytest.raises(ValueError, match=r"added token\(s\) <dog> are not in the vocabulary"):
+        WordPieceTokenizer(VOCAB, added_tokens=["[MASK]", "<dog>"])
+    with pytest.raises(ValueError, match="non-empty and hold no NUL"):
+        WordPieceTokenizer(VOCAB, added_tokens=["[MASK]", ""])
+    with pytest.raises(TypeError, match="list of tokens"):
+        WordPieceTokenizer(VOCAB, added_tokens="[MASK]")
+
+
+def test_invalid_utf8_names_the_positions():
+    tok = WordPieceTokenizer(VOCAB, sequence_length=8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="WordPieceTokenizer input is not valid UTF-8"):
+        tok(tf.constant([b"a dog", b"caf\xe9", b"\xff"]))
+
+
+def test_detokenize():
+    tok = WordPieceTokenizer(VOCAB, sequence_length=10)
+    out = tok.detokenize(tok(["Two red circles.", "a [MASK] dog"])["token_ids"]).numpy().tolist()
+    assert out == [b"two red circles .", b"a [MASK] dog"]
