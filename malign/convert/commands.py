@@ -10,7 +10,8 @@ checks (see ``malign.convert.from_transformers_align``) and writes, next to each
 
 - ``model.keras``: the malign ``AlignModel`` (loads with ``keras.saving.load_model``);
 - ``vocab.txt``: the checkpoint's WordPiece vocabulary, where ``malign eval`` (and
-  ``find_tokenizer``) look for a tokenizer next to a model;
+  ``find_tokenizer``) look for a tokenizer next to a model, with the checkpoint's
+  ``tokenizer.json`` / ``tokenizer_config.json`` (lowercasing, accents, added tokens);
 - ``model.conversion.json``: source, tensor and weight counts, the malign config, and
   the checkpoint's image preprocessing (resize, crop, resampling, rescaling).
 
@@ -87,10 +88,15 @@ def _check_outputs(out: Path, vocabulary: Path | None, overwrite: bool) -> None:
                 f"{out.parent / name} exists: `malign eval` would take it as this model's "
                 "tokenizer instead of the checkpoint's vocab.txt; write to another directory"
             )
-    target = out.parent / "vocab.txt"
-    if vocabulary is not None and target.exists() and not overwrite:
-        if not filecmp.cmp(vocabulary, target, shallow=False):
-            raise ValueError(f"{target} exists and differs from the checkpoint's vocab.txt; "
+    if vocabulary is None or overwrite:
+        return
+    from malign.text.tokenizers import WORDPIECE_SETTINGS_FILES
+
+    for name in ("vocab.txt", *WORDPIECE_SETTINGS_FILES):
+        source, target = vocabulary.parent / name, out.parent / name
+        if target.exists() and not (source.is_file()
+                                    and filecmp.cmp(source, target, shallow=False)):
+            raise ValueError(f"{target} exists and differs from the checkpoint's {name}; "
                              "write to another directory or pass --overwrite")
 
 
@@ -134,6 +140,16 @@ def run_transformers_align(args: argparse.Namespace) -> int:
         copied = out.parent / "vocab.txt"
         if not copied.exists() or not filecmp.cmp(result.vocabulary, copied, shallow=False):
             shutil.copyfile(result.vocabulary, copied)
+        # The files that say how vocab.txt is used travel with it (tokenizer_from_file
+        # reads them), so eval and export tokenize as the checkpoint's tokenizer does.
+        from malign.text.tokenizers import WORDPIECE_SETTINGS_FILES
+
+        for name in WORDPIECE_SETTINGS_FILES:
+            source, target = directory / name, out.parent / name
+            if source.is_file():
+                shutil.copyfile(source, target)
+            elif target.exists():
+                target.unlink()
 
     settings = result.image_processor
     record = {

@@ -510,11 +510,18 @@ class AlignImport:
     tensors: int
 
 
+def _tokenizer_settings(directory: Path) -> dict:
+    """The checkpoint tokenizer's WordPiece settings (``malign.text.wordpiece_settings``)."""
+    from malign.text import wordpiece_settings
+
+    try:
+        return wordpiece_settings(directory)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+
+
 def _lowercase_of(directory: Path) -> bool:
-    file = directory / "tokenizer_config.json"
-    if file.is_file():
-        return bool(json.loads(file.read_text(encoding="utf-8")).get("do_lower_case", True))
-    return True
+    return bool(_tokenizer_settings(directory).get("lowercase", True))
 
 
 def import_transformers_align(
@@ -630,15 +637,17 @@ def transformers_align_tokenizer(path: str | os.PathLike, sequence_length: int |
     """The checkpoint's BERT WordPiece tokenizer as a malign tokenizer layer.
 
     Args:
-        path: the checkpoint directory (``vocab.txt``, optionally ``tokenizer_config.json``
-            for ``do_lower_case`` and ``model_max_length``).
+        path: the checkpoint directory (``vocab.txt``; optionally ``tokenizer.json`` or
+            ``tokenizer_config.json`` for lowercasing, accents and added tokens, see
+            ``malign.text.wordpiece_settings``, and ``model_max_length``).
         sequence_length: tokens per caption; default as in ``config_from_transformers_align``.
 
     Returns:
         ``malign.text.WordPieceTokenizer`` (strings -> ``{"token_ids", "padding_mask"}``).
 
     Raises:
-        ConversionError: the checkpoint has no ``vocab.txt``.
+        ConversionError: the checkpoint has no ``vocab.txt``, or its tokenizer does something
+            the WordPiece layer does not (named with the file).
 
     Example:
         >>> tok = transformers_align_tokenizer("tests/fixtures/align_tiny")  # doctest: +SKIP
@@ -658,4 +667,4 @@ def transformers_align_tokenizer(path: str | os.PathLike, sequence_length: int |
             text = read_align_config(directory)["text_config"]
             sequence_length = min(sequence_length, int(text["max_position_embeddings"]))
     return WordPieceTokenizer(str(vocabulary), sequence_length=int(sequence_length),
-                              lowercase=_lowercase_of(directory))
+                              **_tokenizer_settings(directory))

@@ -20,7 +20,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from malign.text.tokenizers import SentencePieceTokenizer, WordPieceTokenizer, tokenizer_from_file
+from malign.text.tokenizers import (
+    SentencePieceTokenizer,
+    WordPieceTokenizer,
+    tokenizer_from_file,
+    wordpiece_settings,
+)
 from malign.text.vocabulary import (
     CLS_ID,
     MASK_ID,
@@ -46,6 +51,7 @@ __all__ = [
     "language_from_filename",
     "test_vocab_path",
     "tokenizer_from_file",
+    "wordpiece_settings",
     "train_vocabulary",
 ]
 

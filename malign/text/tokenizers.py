@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -525,12 +526,97 @@ def _one_id_where(condition: tf.Tensor, ids: Any, row_splits_dtype: tf.DType) ->
                                             tf.cast(condition, row_splits_dtype), validate=False)
 
 
+#: Files beside a ``vocab.txt`` that say how the vocabulary is used (transformers' names).
+WORDPIECE_SETTINGS_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def wordpiece_settings(directory: str | os.PathLike) -> dict[str, Any]:
+    """``WordPieceTokenizer`` arguments from a transformers tokenizer's files in ``directory``.
+
+    ``tokenizer.json`` (the fast tokenizer, preferred) gives the ``BertNormalizer``'s
+    ``lowercase`` and ``strip_accents`` and the added tokens matched before normalisation
+    (``"normalized": false``); ``tokenizer_config.json`` gives ``do_lower_case`` and
+    ``strip_accents``. Without either, the arguments are BERT uncased's defaults (empty dict).
+
+    Args:
+        directory: the folder of the ``vocab.txt``.
+
+    Returns:
+        Keyword arguments for :class:`WordPieceTokenizer` (``lowercase``, ``strip_accents``,
+        ``added_tokens``), only those the files set.
+
+    Raises:
+        ValueError: naming the file and the setting, when the tokenizer does something
+            ``WordPieceTokenizer`` does not (another normaliser or pre-tokenizer,
+            ``clean_text`` or ``handle_chinese_chars`` off, added tokens that are normalised).
+
+    Example:
+        >>> wordpiece_settings("tests/fixtures/align_tiny")["lowercase"]  # doctest: +SKIP
+        True
+    """
+    directory = Path(directory)
+    fast = directory / "tokenizer.json"
+    if fast.is_file():
+        return _settings_of_tokenizer_json(fast)
+    config = directory / "tokenizer_config.json"
+    if not config.is_file():
+        return {}
+    data = _read_json_object(config)
+    if data.get("tokenize_chinese_chars", True) is not True:
+        raise ValueError(f"{config}: tokenize_chinese_chars=false is not supported by "
+                         "malign's WordPieceTokenizer (it spaces CJK ideographs as BERT does)")
+    settings: dict[str, Any] = {"lowercase": bool(data.get("do_lower_case", True))}
+    if data.get("strip_accents") is not None:
+        settings["strip_accents"] = bool(data["strip_accents"])
+    return settings
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def _settings_of_tokenizer_json(path: Path) -> dict[str, Any]:
+    data = _read_json_object(path)
+    normalizer = data.get("normalizer") or {}
+    if normalizer.get("type") != "BertNormalizer":
+        raise ValueError(f"{path}: normalizer {normalizer.get('type')!r} is not supported; "
+                         "malign's WordPieceTokenizer implements BertNormalizer")
+    for flag in ("clean_text", "handle_chinese_chars"):
+        if normalizer.get(flag, True) is not True:
+            raise ValueError(f"{path}: BertNormalizer {flag}=false is not supported")
+    pre = (data.get("pre_tokenizer") or {}).get("type")
+    if pre != "BertPreTokenizer":
+        raise ValueError(f"{path}: pre_tokenizer {pre!r} is not supported; malign's "
+                         "WordPieceTokenizer implements BertPreTokenizer")
+    added = data.get("added_tokens") or []
+    normalised = [t.get("content") for t in added if t.get("normalized")]
+    if normalised:
+        raise ValueError(f"{path}: added tokens matched after normalisation "
+                         f"(\"normalized\": true) are not supported: {normalised[:5]}")
+    settings: dict[str, Any] = {"lowercase": bool(normalizer.get("lowercase", True))}
+    if normalizer.get("strip_accents") is not None:
+        settings["strip_accents"] = bool(normalizer["strip_accents"])
+    if added:
+        settings["added_tokens"] = [t["content"] for t in added]
+    return settings
+
+
 def tokenizer_from_file(
     path: str | os.PathLike,
     sequence_length: int,
     max_vocabulary_size: int | None = None,
 ) -> SentencePieceTokenizer | WordPieceTokenizer:
     """The tokenizer layer stored in a file: ``*.txt`` is WordPiece, anything else SentencePiece.
+
+    A WordPiece vocabulary takes its settings (lowercase, accents, added tokens) from the
+    transformers files beside it (:func:`wordpiece_settings`), as ``malign convert``
+    leaves them next to a converted model.
 
     Args:
         path: a SentencePiece model (``.model``) or a BERT WordPiece vocabulary (``.txt``).
@@ -551,7 +637,8 @@ def tokenizer_from_file(
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer not found: {path}")
     if path.suffix == ".txt":
-        tokenizer = WordPieceTokenizer(str(path), sequence_length=sequence_length)
+        tokenizer = WordPieceTokenizer(str(path), sequence_length=sequence_length,
+                                       **wordpiece_settings(path.parent))
     else:
         tokenizer = SentencePieceTokenizer(str(path), sequence_length=sequence_length)
     if max_vocabulary_size is not None and tokenizer.vocabulary_size > max_vocabulary_size:

@@ -29,7 +29,8 @@ def test_cli_converts_and_eval_finds_the_tokenizer(tmp_path, capsys):
     assert record["image_processor"]["resize"] == [80, 80]
     assert record["eval_resize"] == "square" and record["eval_crop_mismatch"] is None
     assert "eval_resize=square (malign eval and export), the processor's crop" in printed
-    assert (tmp_path / "align" / "vocab.txt").read_bytes() == (FIXTURE / "vocab.txt").read_bytes()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):  # travel together
+        assert (tmp_path / "align" / name).read_bytes() == (FIXTURE / name).read_bytes()
 
     model = keras.saving.load_model(out)
     images = REFERENCE["images_uint8"].astype(np.float32) / np.float32(255.0)
