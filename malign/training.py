@@ -976,6 +976,12 @@ def train(
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
+    # Setting the seed clears TensorFlow's eager kernel cache, which deletes the resources of
+    # tensorflow-text's SentencePiece ops made before it ("Resource ... SentencepieceOp does
+    # not exist" in the input pipeline): prepare_run's tokenizer was a check; make it again.
+    tokenizer = make_tokenizer(experiment.data.tokenizer, experiment.model) \
+        if plan.tokenizer is not None else None
+    plan = dataclasses.replace(plan, tokenizer=tokenizer)
     try:
         with _Timed("building the model") as timed, strategy.scope():
             model = AlignModel(experiment.model)
@@ -1011,6 +1017,7 @@ def train(
             steps_per_epoch=cfg.steps_per_checkpoint,
             callbacks=all_callbacks,
             verbose=verbose,
+            shuffle=False,  # the dataset shuffles; Keras would warn that it ignores True
         )
         save_model_atomically(model, workdir / "model.keras")
         if plan.train_pattern != "random":
