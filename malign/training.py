@@ -821,7 +821,7 @@ def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[st
         prefix = directory / name
         done = directory / f"{name}.done"
         settings = {"count": count, "image_size": size, "seed": split_seed}
-        if done.exists() and _done_settings(done, count) == settings:
+        if done.exists() and _done_settings(done) == settings:
             continue
         directory.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(pattern):
@@ -833,13 +833,12 @@ def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[st
     return patterns
 
 
-def _done_settings(done: Path, count: int) -> dict | None:
-    text = done.read_text().strip()
+def _done_settings(done: Path) -> dict | None:
+    """The settings a ``.done`` marker records (None for a marker that records only a count,
+    as written before the settings were recorded: the set is written again)."""
     try:
-        value = json.loads(text)
+        value = json.loads(done.read_text())
     except json.JSONDecodeError:
-        return None
-    if isinstance(value, int):  # written before the settings were recorded: count only
         return None
     return value if isinstance(value, dict) else None
 

@@ -72,16 +72,26 @@ def test_killed_run_resumes_from_saved_step(tmp_path):
     steps = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("*.keras"))
     assert steps[-1] == saved_step + 4
     assert json.loads(meta.read_text())["epoch"] == saved_epoch + 2
+    # The resumed run's scalars continue at global steps (its own, newest event file).
+    from malign.training_progress import logged_steps
+
+    newest = max((workdir / "logs" / "train").glob("events.out.tfevents.*"),
+                 key=lambda p: p.stat().st_mtime)
+    want = logged_steps(saved_step, saved_step + 4, 10)
+    assert _scalar_steps_in(newest, "loss") == want
+    assert f"running step {saved_step + 1}/{saved_step + 4}" in result.stdout
+
+
+def _scalar_steps_in(path: Path, tag: str) -> list[int]:
+    import tensorflow as tf
+
+    return sorted(event.step for event in tf.compat.v1.train.summary_iterator(str(path))
+                  for value in event.summary.value if value.tag == tag)
 
 
 def _scalar_steps(log_dir: Path, tag: str) -> list[int]:
-    import tensorflow as tf
-
-    steps = []
-    for path in sorted(log_dir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            steps += [event.step for value in event.summary.value if value.tag == tag]
-    return sorted(steps)
+    return sorted(step for path in log_dir.glob("events.out.tfevents.*")
+                  for step in _scalar_steps_in(path, tag))
 
 
 def test_demo_recipe_smoke_trains_evaluates_during_and_after(tmp_path):
