@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 import typing
 from typing import Any, ClassVar
 
@@ -28,6 +30,11 @@ __all__ = [
     "DataConfig",
     "TrainingConfig",
     "ExperimentConfig",
+    "DEFAULT_WARMUP_STEPS",
+    "DEFAULT_STEPS_PER_CHECKPOINT",
+    "derived_checkpoint_interval",
+    "derived_warmup_steps",
+    "divisors",
 ]
 
 
@@ -35,14 +42,28 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
 
 
+def _join(owner: str, field: str) -> str:
+    """The dotted name of ``field`` inside the config named ``owner`` ("" = the experiment)."""
+    return f"{owner}.{field}" if owner else field
+
+
 def _fail(owner: str, field: str, message: str) -> None:
-    raise ConfigError(f"{owner}.{field}: {message}")
+    raise ConfigError(f"{_join(owner, field)}: {message}")
 
 
 class _Config:
-    """Mixin: dict round-trip, dotted overrides, validation hook."""
+    """Mixin: dict round-trip, dotted overrides, validation.
+
+    ``validate(path)`` checks every field's type (integers are integers, numbers are
+    finite, nothing required is null) and then the values (``_check_values``); errors
+    name the field by its dotted path in the experiment (``model.text.vocabulary_size``),
+    the name ``--set`` takes.
+    """
 
     _NAME: ClassVar[str] = "config"
+    #: The dotted name of this config's fields when it is validated on its own (the
+    #: experiment's fields have none: ``training.steps``, ``model.text.vocabulary_size``).
+    _ROOT: ClassVar[str | None] = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -56,20 +77,30 @@ class _Config:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls, data: dict[str, Any], path: str | None = None):
+        """Builds the config from plain JSON types, converting each value to its field's type.
+
+        Args:
+            data: field name -> value (nested configs as mappings).
+            path: the dotted name of this config in error messages (default: its own name).
+
+        Raises:
+            ConfigError: naming the field, for an unknown field or a value of the wrong type.
+        """
+        path = cls._default_path() if path is None else path
         if not isinstance(data, dict):
-            raise ConfigError(f"{cls._NAME}: expected a mapping, got {type(data).__name__}")
+            raise ConfigError(f"{path or cls._NAME}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
-                f"{cls._NAME}: unknown field(s) {', '.join(unknown)}; "
+                f"{path or cls._NAME}: unknown field(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(names))}"
             )
         kwargs = {}
         for key, value in data.items():
-            kwargs[key] = _coerce(cls._NAME, key, hints[key], value)
+            kwargs[key] = _coerce(path, key, hints[key], value)
         return cls(**kwargs)
 
     def replace(self, **changes):
@@ -79,7 +110,11 @@ class _Config:
         return new
 
     def with_overrides(self, overrides: dict[str, Any]):
-        """Returns a copy with dotted overrides, e.g. ``{"training.steps": 10}``."""
+        """Returns a copy with dotted overrides, e.g. ``{"training.steps": 10}``.
+
+        A value of ``None`` (``--set training.warmup_steps=null``) unsets a field that may be
+        unset (derived at the start of a run, see ``TrainingConfig.resolve``).
+        """
         data = self.to_dict()
         for dotted, value in overrides.items():
             node = data
@@ -101,52 +136,144 @@ class _Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def validate(self) -> None:  # pragma: no cover - overridden
+    @classmethod
+    def _default_path(cls) -> str:
+        return cls._NAME if cls._ROOT is None else cls._ROOT
+
+    def validate(self, path: str | None = None) -> None:
+        """Checks every field's type, then the values; raises ConfigError naming the field.
+
+        Args:
+            path: the dotted name of this config inside an experiment (``"model.text"``);
+                default its own name.
+        """
+        path = self._default_path() if path is None else path
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_type(path, f.name, hints[f.name], getattr(self, f.name))
+        self._check_values(path)
+
+    def _check_values(self, path: str) -> None:  # pragma: no cover - overridden
         pass
 
 
-def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
-    """Converts JSON/CLI values (lists, strings) to the annotated field type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+def _is_optional(hint: Any) -> tuple[bool, Any]:
+    """(True, X) for ``X | None``; (False, hint) otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return True, args[0]
+    return False, hint
+
+
+def _describe(hint: Any) -> str:
+    if isinstance(hint, type) and issubclass(hint, _Config):
+        return "a mapping of fields"
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    return {int: "an integer", float: "a finite number", str: "a string",
+            bool: "a boolean"}.get(hint, str(hint))
+
+
+def _check_type(owner: str, key: str, hint: Any, value: Any) -> None:
+    """Raises ConfigError unless ``value`` has the type ``hint`` (finite, for numbers)."""
+    optional, hint = _is_optional(hint)
     if value is None:
+        if optional:
+            return
+        _fail(owner, key, f"must be set: expected {_describe(hint)}, got null")
+    if isinstance(hint, type) and issubclass(hint, _Config):
+        if not isinstance(value, hint):
+            _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+        return
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, tuple):
+            _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+        args = typing.get_args(hint)
+        if args:
+            for item in value:
+                _check_type(owner, key, args[0], item)
+        return
+    ok = True
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
+    elif hint is str:
+        ok = isinstance(value, str)
+    if not ok:
+        _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+
+
+def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
+    """Converts a JSON/CLI value (lists, strings) to the annotated field type.
+
+    Raises:
+        ConfigError: naming ``owner.key`` when the value cannot be one of that type (a
+            null for a field that must be set, a non-finite number, a number for a list).
+    """
+    optional, hint = _is_optional(hint)
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
+    if value is None:
+        if optional:
+            return None
+        _fail(owner, key, f"must be set: expected {_describe(hint)}, got null")
     if isinstance(hint, type) and issubclass(hint, _Config):
         if isinstance(value, hint):
             return value
-        return hint.from_dict(value)
-    if origin is typing.Union or str(origin) == "types.UnionType":
-        non_none = [a for a in args if a is not type(None)]
-        if isinstance(value, str) and value.lower() in ("none", "null"):
-            return None
-        return _coerce(owner, key, non_none[0], value)
-    if origin is tuple:
+        if not isinstance(value, dict):
+            _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+        return hint.from_dict(value, path=_join(owner, key))
+    if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            _fail(owner, key, f"expected a list (or comma-separated values), got {value!r}")
+        args = typing.get_args(hint)
         item = args[0] if args else Any
         return tuple(_coerce(owner, key, item, v) for v in value)
     if hint is bool:
         if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
+            if value.strip().lower() in ("1", "true", "yes", "on"):
                 return True
-            if value.lower() in ("0", "false", "no", "off"):
+            if value.strip().lower() in ("0", "false", "no", "off"):
                 return False
-            _fail(owner, key, f"expected a boolean, got {value!r}")
-        return bool(value)
+        elif isinstance(value, (bool, int)) and value in (0, 1):
+            return bool(value)
+        _fail(owner, key, f"expected a boolean, got {value!r}")
     if hint is int:
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        except (TypeError, ValueError):
-            _fail(owner, key, f"expected an integer, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        _fail(owner, key, f"expected an integer, got {value!r}")
     if hint is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            _fail(owner, key, f"expected a number, got {value!r}")
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
+            _fail(owner, key, f"expected a finite number, got {value!r}")
+        return number
     if hint is str:
-        return str(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        _fail(owner, key, f"expected a string, got {value!r}")
     return value
 
 
@@ -220,8 +347,7 @@ class ImageTowerConfig(_Config):
     normalization: str = "minus_one_to_one"
     eval_resize: str = "shorter_side"
 
-    def validate(self) -> None:
-        n = self._NAME
+    def _check_values(self, n: str) -> None:
         if self.width_coefficient <= 0:
             _fail(n, "width_coefficient", f"must be > 0, got {self.width_coefficient}")
         if self.depth_coefficient <= 0:
@@ -283,8 +409,7 @@ class TextTowerConfig(_Config):
     projection_dim: int = 640
     activation: str = "gelu_approximate"
 
-    def validate(self) -> None:
-        n = self._NAME
+    def _check_values(self, n: str) -> None:
         if self.activation not in ("gelu_approximate", "gelu"):
             _fail(n, "activation",
                   f"must be 'gelu_approximate' or 'gelu', got {self.activation!r}")
@@ -344,10 +469,9 @@ class ModelConfig(_Config):
     def text_embedding_dim(self) -> int:
         return self.text.projection_dim or self.text.hidden_dim
 
-    def validate(self) -> None:
-        self.image.validate()
-        self.text.validate()
-        n = self._NAME
+    def _check_values(self, n: str) -> None:
+        self.image.validate(f"{n}.image")
+        self.text.validate(f"{n}.text")
         if not 0 < self.min_temperature <= self.temperature_init <= self.max_temperature:
             _fail(n, "temperature_init",
                   f"must satisfy 0 < min_temperature ({self.min_temperature}) <= temperature_init "
@@ -358,9 +482,9 @@ class ModelConfig(_Config):
             _fail(n, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if self.image_embedding_dim != self.text_embedding_dim:
             raise ConfigError(
-                "model.text.projection_dim: the text embedding width "
+                f"{n}.text.projection_dim: the text embedding width "
                 f"({self.text_embedding_dim}) must equal the image embedding width "
-                f"({self.image_embedding_dim}, from model.image)"
+                f"({self.image_embedding_dim}, from {n}.image)"
             )
 
 
@@ -388,27 +512,97 @@ class DataConfig(_Config):
     languages: tuple[str, ...] = ()
     shuffle_buffer: int = 2048
 
-    def validate(self) -> None:
-        if not self.train_pattern:
-            _fail(self._NAME, "train_pattern", "must be a file glob, 'synthetic' or 'random'")
+    def _check_values(self, n: str) -> None:
+        if not self.train_pattern.strip():
+            _fail(n, "train_pattern", "must be a file glob, 'synthetic' or 'random'")
         if self.synthetic_examples < 1:
-            _fail(self._NAME, "synthetic_examples", "must be >= 1")
+            _fail(n, "synthetic_examples", f"must be >= 1, got {self.synthetic_examples}")
         if self.shuffle_buffer < 1:
-            _fail(self._NAME, "shuffle_buffer", "must be >= 1")
+            _fail(n, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        for lang in self.languages:
+            if not lang.strip() or lang != lang.strip():
+                _fail(n, "languages", f"language codes must be non-empty, without spaces; got "
+                                      f"{list(self.languages)!r}")
+
+
+#: The values an unset ``training.warmup_steps`` / ``training.steps_per_checkpoint``
+#: follow (see ``TrainingConfig.resolve``).
+DEFAULT_WARMUP_STEPS = 100
+DEFAULT_STEPS_PER_CHECKPOINT = 100
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of ``n`` >= 1, ascending.
+
+    Example:
+        >>> divisors(20)
+        [1, 2, 4, 5, 10, 20]
+    """
+    small, large = [], []
+    i = 1
+    while i * i <= n:
+        if n % i == 0:
+            small.append(i)
+            if i != n // i:
+                large.append(n // i)
+        i += 1
+    return small + large[::-1]
+
+
+def derived_warmup_steps(steps: int, default: int = DEFAULT_WARMUP_STEPS) -> int:
+    """The warm-up of a run that does not set one: a tenth of the steps, at most ``default``.
+
+    Example:
+        >>> derived_warmup_steps(20), derived_warmup_steps(1000), derived_warmup_steps(300_000)
+        (2, 100, 100)
+    """
+    return min(default, steps // 10)
+
+
+def derived_checkpoint_interval(steps: int, default: int = DEFAULT_STEPS_PER_CHECKPOINT) -> int:
+    """The checkpoint interval of a run that does not set one: the divisor of ``steps``
+    closest to ``default`` by ratio (the smaller one on a tie).
+
+    Checkpoints fall at whole intervals (a Keras epoch), so the interval must divide the
+    steps. A run shorter than ``default`` checkpoints once, at its end. A step count with no
+    divisor near ``default`` gets the nearest one there is: 101 steps checkpoint once (at
+    101), not at every step.
+
+    Example:
+        >>> [derived_checkpoint_interval(s) for s in (20, 1000, 150, 101, 1_200_000)]
+        [20, 100, 75, 101, 100]
+    """
+    return min(divisors(steps), key=lambda d: (abs(math.log(d / default)), d))
+
+
+def _neighbours(values: list[int], target: int) -> list[int]:
+    """The largest value below ``target`` and the smallest above it (those that exist)."""
+    below = [v for v in values if v < target]
+    above = [v for v in values if v > target]
+    return ([below[-1]] if below else []) + ([above[0]] if above else [])
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig(_Config):
     """How to train.
 
+    ``warmup_steps`` and ``steps_per_checkpoint`` may be left unset (None, the default):
+    ``resolve()`` then derives them from ``steps`` at the start of a run (see
+    ``derived_warmup_steps``, ``derived_checkpoint_interval``), or, when the run resumes,
+    takes the values it started with. ``malign train`` writes (and ``--print-config``
+    shows) the resolved values. A value that is set and cannot work is an error naming
+    the field and values that would.
+
     Args:
         strategy: distribution spec for ``malign.distributed.get_strategy``.
         global_batch_size: examples per step over all replicas (divisible by replicas).
         steps: total optimizer steps.
-        steps_per_checkpoint: steps between checkpoints (Keras "epoch" length).
+        steps_per_checkpoint: steps between checkpoints (Keras "epoch" length); must
+            divide ``steps``. Unset: the divisor of ``steps`` nearest 100.
         optimizer: "lamb" or "adamw".
         learning_rate: peak learning rate.
-        warmup_steps: linear warm-up steps.
+        warmup_steps: linear warm-up steps (at most ``steps``). Unset:
+            ``min(100, steps // 10)``.
         decay: "linear" or "cosine" decay to end_learning_rate after warm-up; "constant".
         end_learning_rate: final learning rate.
         weight_decay: decoupled weight decay (norms, biases and temperature excluded).
@@ -416,8 +610,10 @@ class TrainingConfig(_Config):
         clipnorm: global gradient-norm clip (0 = none).
         mixed_precision: Keras dtype policy ("float32", "mixed_bfloat16", "mixed_float16").
         jit_compile: "auto" (XLA on TPU/GPU, not CPU), "true" or "false".
-        seed: random seed.
-        log_every_steps: TensorBoard update frequency.
+        seed: random seed (0 <= seed < 2**32).
+        log_every_steps: loss, temperature and learning rate go to TensorBoard
+            (``logs/train``) and to the progress line every this many steps (and at the
+            last step).
         eval_every_steps: run the retrieval evaluation on the held-out set
             (``data.eval_pattern``, or the synthetic held-out scenes) every this many
             steps during training and log it to TensorBoard (``logs/retrieval``);
@@ -425,17 +621,27 @@ class TrainingConfig(_Config):
         init_from: optional ``.keras`` model (e.g. a converted checkpoint) whose weights
             start the run; its weights must match the model config's shapes. The
             optimizer starts fresh. Ignored when the run resumes from its backup.
+
+    Example:
+        >>> cfg = TrainingConfig(steps=20)
+        >>> cfg.warmup_steps is None
+        True
+        >>> resolved = cfg.resolve()
+        >>> resolved.warmup_steps, resolved.steps_per_checkpoint
+        (2, 20)
     """
 
     _NAME: ClassVar[str] = "training"
+    #: The fields that may be unset and are derived by ``resolve``.
+    DERIVED: ClassVar[tuple[str, ...]] = ("warmup_steps", "steps_per_checkpoint")
 
     strategy: str = "default"
     global_batch_size: int = 32
     steps: int = 1000
-    steps_per_checkpoint: int = 100
+    steps_per_checkpoint: int | None = None
     optimizer: str = "lamb"
     learning_rate: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int | None = None
     decay: str = "linear"
     end_learning_rate: float = 0.0
     weight_decay: float = 1e-5
@@ -450,37 +656,104 @@ class TrainingConfig(_Config):
     eval_every_steps: int = 0
     init_from: str = ""
 
-    def validate(self) -> None:
-        n = self._NAME
+    def resolve(self, previous: TrainingConfig | None = None) -> TrainingConfig:
+        """A copy with every unset field set, validated.
+
+        Args:
+            previous: the training config of the run being resumed (its work directory's
+                ``config.json``). An unset field takes the value that run used, so a run
+                extended to more ``steps`` keeps its warm-up and checkpoint interval;
+                without one it is derived from ``steps``.
+
+        Raises:
+            ConfigError: naming the field, when a value cannot work (e.g. the resumed
+                run's checkpoint interval does not divide the new ``steps``).
+
+        Example:
+            >>> TrainingConfig(steps=40).resolve(TrainingConfig(steps=20).resolve()).warmup_steps
+            2
+        """
+        derive = {"warmup_steps": derived_warmup_steps,
+                  "steps_per_checkpoint": derived_checkpoint_interval}
+        self.validate()
+        changes = {}
+        for name in self.DERIVED:
+            if getattr(self, name) is None:
+                kept = getattr(previous, name, None) if previous is not None else None
+                changes[name] = kept if kept is not None else derive[name](self.steps)
+        resolved = dataclasses.replace(self, **changes)
+        resolved.validate()
+        return resolved
+
+    @property
+    def is_resolved(self) -> bool:
+        """True when no field is left to derive."""
+        return all(getattr(self, name) is not None for name in self.DERIVED)
+
+    def _check_values(self, n: str) -> None:
         if self.global_batch_size < 2:
             _fail(n, "global_batch_size",
                   f"a contrastive loss needs >= 2, got {self.global_batch_size}")
         if self.steps < 1:
             _fail(n, "steps", f"must be >= 1, got {self.steps}")
-        if self.steps_per_checkpoint < 1:
-            _fail(n, "steps_per_checkpoint", f"must be >= 1, got {self.steps_per_checkpoint}")
+        if self.steps_per_checkpoint is not None:
+            self._check_checkpoint_interval(n)
         if self.optimizer not in ("lamb", "adamw"):
             _fail(n, "optimizer", f"must be 'lamb' or 'adamw', got {self.optimizer!r}")
         if self.decay not in ("linear", "cosine", "constant"):
             _fail(n, "decay", f"must be 'linear', 'cosine' or 'constant', got {self.decay!r}")
         if self.learning_rate <= 0:
             _fail(n, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
-            _fail(n, "warmup_steps", f"must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.end_learning_rate < 0:
+            _fail(n, "end_learning_rate", f"must be >= 0, got {self.end_learning_rate}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            _fail(n, "warmup_steps",
+                  f"must be in [0, {_join(n, 'steps')}={self.steps}], got {self.warmup_steps}; "
+                  f"use e.g. {derived_warmup_steps(self.steps)} (a tenth of the steps), or "
+                  "unset it (null) to derive min(100, steps // 10)")
         if self.weight_decay < 0:
-            _fail(n, "weight_decay", "must be >= 0")
+            _fail(n, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("beta_1", "beta_2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                _fail(n, name, f"must be in [0, 1), got {getattr(self, name)}")
+        if self.epsilon <= 0:
+            _fail(n, "epsilon", f"must be > 0, got {self.epsilon}")
+        if self.clipnorm < 0:
+            _fail(n, "clipnorm", f"must be >= 0 (0 = no clipping), got {self.clipnorm}")
         if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
             _fail(n, "mixed_precision",
                   f"must be float32, mixed_bfloat16 or mixed_float16, got {self.mixed_precision!r}")
         if self.jit_compile not in ("auto", "true", "false"):
             _fail(n, "jit_compile", f"must be 'auto', 'true' or 'false', got {self.jit_compile!r}")
+        if not 0 <= self.seed < 2**32:
+            _fail(n, "seed", f"must be in [0, 2**32), got {self.seed}")
+        if self.log_every_steps < 1:
+            _fail(n, "log_every_steps", f"must be >= 1, got {self.log_every_steps}")
         if self.eval_every_steps < 0:
-            _fail(n, "eval_every_steps", f"must be >= 0 (0 = after training only), got {self.eval_every_steps}")
+            _fail(n, "eval_every_steps",
+                  f"must be >= 0 (0 = after training only), got {self.eval_every_steps}")
+
+    def _check_checkpoint_interval(self, n: str) -> None:
+        interval, steps = self.steps_per_checkpoint, self.steps
+        if interval < 1:
+            _fail(n, "steps_per_checkpoint", f"must be >= 1, got {interval}")
+        if steps % interval:
+            options = _neighbours(divisors(steps), interval)
+            multiples = [m for m in ((steps // interval) * interval,
+                                     (steps // interval + 1) * interval) if m > 0]
+            _fail(n, "steps_per_checkpoint",
+                  f"{interval} must divide {_join(n, 'steps')}={steps} (checkpoints fall at "
+                  f"whole intervals); use {' or '.join(map(str, options))}, or set "
+                  f"{_join(n, 'steps')} to {' or '.join(map(str, multiples))}, or unset it "
+                  "(null) to derive the divisor of steps nearest 100")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig(_Config):
     """A whole run: preset name + overrides resolved into a model, data and training.
+
+    Errors name fields by the dotted path ``--set`` takes (``training.steps``,
+    ``model.text.vocabulary_size``).
 
     Args:
         name: experiment name (used in logs).
@@ -488,9 +761,19 @@ class ExperimentConfig(_Config):
         data: data config.
         training: training config.
         preset: name of the preset the model came from, for the record.
+
+    Example:
+        >>> from malign.presets import get_preset
+        >>> exp = ExperimentConfig(model=get_preset("tiny"))
+        >>> exp.with_overrides({"training.steps": 20}).resolve().training.steps_per_checkpoint
+        20
+        >>> exp.with_overrides({"training.steps": None})
+        Traceback (most recent call last):
+        malign.config.ConfigError: training.steps: must be set: expected an integer, got null
     """
 
     _NAME: ClassVar[str] = "experiment"
+    _ROOT: ClassVar[str | None] = ""
 
     name: str = "experiment"
     preset: str = ""
@@ -498,11 +781,21 @@ class ExperimentConfig(_Config):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
-    def validate(self) -> None:
-        self.model.validate()
-        self.data.validate()
-        self.training.validate()
+    def resolve(self, previous: ExperimentConfig | None = None) -> ExperimentConfig:
+        """A copy whose unset training fields are set (see ``TrainingConfig.resolve``).
+
+        Args:
+            previous: the config of the run being resumed, whose values unset fields keep.
+        """
+        self.validate()
+        training = self.training.resolve(previous.training if previous is not None else None)
+        return dataclasses.replace(self, training=training)
+
+    def _check_values(self, n: str) -> None:
+        self.model.validate(_join(n, "model"))
+        self.data.validate(_join(n, "data"))
+        self.training.validate(_join(n, "training"))
         if (self.training.eval_every_steps and not self.data.eval_pattern
                 and self.data.train_pattern != "synthetic"):
-            _fail("training", "eval_every_steps",
+            _fail(_join(n, "training"), "eval_every_steps",
                   "needs a held-out set: set data.eval_pattern (or train on 'synthetic' data)")

@@ -1,12 +1,19 @@
 """Optimizer, learning-rate schedule, callbacks and the fit wrapper.
 
 ``train(experiment, workdir)`` runs a whole experiment with Keras ``fit`` under
-the configured ``tf.distribute`` strategy: it writes the resolved config to
-``workdir/config.json``, checkpoints every ``steps_per_checkpoint`` steps
+the configured ``tf.distribute`` strategy. It first checks everything
+(``prepare_run``: the config with its derived fields resolved, the work
+directory, strategy, data, tokenizer, ``init_from``) and writes nothing until
+all of it passes. Then it writes the resolved config to ``workdir/config.json``,
+checkpoints every ``steps_per_checkpoint`` steps
 (``workdir/checkpoints/step_XXXXXXXX.keras``, written atomically), keeps a
 ``BackupAndRestore`` state in ``workdir/backup`` so a killed run resumes at its
-last checkpoint, logs to TensorBoard in ``workdir/logs``, and saves the final
-model as ``workdir/model.keras``.
+last checkpoint, prints progress and logs loss, temperature and learning rate
+to TensorBoard in ``workdir/logs/train`` every ``log_every_steps`` global steps
+(``malign.training_progress``), and saves the final model as
+``workdir/model.keras``. With a held-out set, the retrieval evaluation runs every
+``eval_every_steps`` steps and once at the end (never twice at the same step),
+and its final report goes to ``workdir/eval``.
 
 A Keras "epoch" here is one checkpoint interval over a repeated dataset:
 Keras 3 restores at epoch boundaries only. A resumed run also restores its place
@@ -18,17 +25,19 @@ Example:
     >>> from malign.config import ExperimentConfig, TrainingConfig
     >>> from malign.presets import get_preset
     >>> exp = ExperimentConfig(model=get_preset("tiny"), training=TrainingConfig(
-    ...     global_batch_size=4, steps=2, steps_per_checkpoint=2, warmup_steps=1))
+    ...     global_batch_size=4, steps=2))
     >>> import tempfile
     >>> model, history = train(exp, tempfile.mkdtemp())  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,9 @@ __all__ = [
     "combine_duplicate_rows",
     "random_dataset",
     "StepCheckpoint",
+    "RunPlan",
+    "prepare_run",
+    "holds_progress",
     "train",
     "resolve_jit_compile",
 ]
@@ -106,7 +118,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_schedule(cfg: TrainingConfig) -> WarmupDecay:
-    """The learning-rate schedule of a training config."""
+    """The learning-rate schedule of a training config (an unset warm-up is derived)."""
+    cfg = cfg.resolve()
     return WarmupDecay(cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.end_learning_rate,
                        cfg.decay)
 
@@ -504,28 +517,212 @@ def _read_backup_epoch(backup_dir: Path) -> int:
         return 0
 
 
-def _check_workdir_config(workdir: Path, experiment: ExperimentConfig) -> None:
-    """A work dir holds one experiment: only training.steps may change on resume."""
+def _write_text_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` beside ``path``, syncs it and renames it over ``path``."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def holds_progress(workdir: str | os.PathLike) -> bool:
+    """True when a run in ``workdir`` saved training state: a backup, a checkpoint or a model."""
+    workdir = Path(workdir)
+    return ((workdir / "backup" / "training_metadata.json").exists()
+            or any((workdir / "checkpoints").glob("step_*.keras"))
+            or (workdir / "model.keras").exists())
+
+
+def _read_workdir_config(workdir: Path) -> tuple[ExperimentConfig | None, str]:
+    """The config in ``workdir/config.json`` (None if absent) and why it is unreadable ("")."""
     path = workdir / "config.json"
     if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    new = experiment.to_dict()
-    old.get("training", {}).pop("steps", None)
-    new_cmp = json.loads(json.dumps(new))
-    new_cmp["training"].pop("steps", None)
-    if old != new_cmp:
-        changed = sorted(
-            f"{section}.{key}"
-            for section in new_cmp
-            if isinstance(new_cmp[section], dict)
-            for key in new_cmp[section]
-            if old.get(section, {}).get(key) != new_cmp[section][key]
-        ) or ["(top-level fields)"]
+        return None, ""
+    try:
+        return ExperimentConfig.from_dict(json.loads(path.read_text())), ""
+    except (ValueError, TypeError) as error:  # JSON and ConfigError are ValueErrors
+        return None, f"{path} cannot be read ({error})"
+
+
+def _config_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """Dotted names of the fields in which two configs differ, ``training.steps`` aside."""
+    def flat(data: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a, b = flat(old.to_dict()), flat(new.to_dict())
+    return sorted(k for k in a.keys() | b.keys() if k != "training.steps" and a.get(k) != b.get(k))
+
+
+def _check_workdir_config(workdir: Path, previous: ExperimentConfig,
+                          experiment: ExperimentConfig) -> None:
+    """A work dir holding training state holds one experiment: only training.steps may change.
+
+    ``experiment`` is resolved against ``previous`` (its unset fields took the values the
+    run started with), so an extended run compares equal unless a field was set to
+    something else.
+    """
+    changed = _config_differences(previous, experiment)
+    if changed:
+        values = "; ".join(f"{key}: {_lookup(previous, key)!r} in the run, "
+                           f"{_lookup(experiment, key)!r} now" for key in changed[:4])
         raise ConfigError(
             f"work directory {workdir} holds a run with a different config "
-            f"(differs in: {', '.join(changed)}); use a new --workdir or the same config"
+            f"(differs in: {', '.join(changed)}; {values}); use a new --workdir or the "
+            "run's config (only training.steps may change, to extend it)"
         )
+
+
+def _lookup(config: ExperimentConfig, dotted: str) -> Any:
+    node: Any = config.to_dict()
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A run that ``prepare_run`` checked: everything ``train`` needs before writing.
+
+    Attributes:
+        experiment: the resolved config (no unset field); what ``config.json`` will hold.
+        workdir: the work directory.
+        strategy: the ``tf.distribute`` strategy of ``training.strategy``.
+        start_step: the step the run resumes from (0 for a new run).
+        train_pattern: the training data ("random", or a shard pattern; for "synthetic",
+            where the synthetic shards will be written).
+        eval_pattern: the held-out set ("" for none).
+        tokenizer: the tokenizer layer (None when no data needs one).
+        notes: lines to tell the user (derived values, a replaced config).
+    """
+
+    experiment: ExperimentConfig
+    workdir: Path
+    strategy: Any
+    start_step: int
+    train_pattern: str
+    eval_pattern: str
+    tokenizer: Any
+    notes: tuple[str, ...] = ()
+
+
+def _resolve_against_workdir(experiment: ExperimentConfig, workdir: Path
+                             ) -> tuple[ExperimentConfig, int, list[str]]:
+    """Resolves the config for ``workdir``; returns it, the resume step and notes."""
+    previous, unreadable = _read_workdir_config(workdir)
+    progress = holds_progress(workdir)
+    if unreadable and progress:
+        raise ConfigError(f"work directory {workdir} holds training state but {unreadable}; "
+                          "use a new --workdir")
+    notes = []
+    kept = previous if progress else None
+    cfg = experiment.training
+    if kept is not None and cfg.steps_per_checkpoint is None:
+        interval = kept.training.steps_per_checkpoint
+        if interval and cfg.steps % interval:
+            lower, upper = cfg.steps // interval * interval, (cfg.steps // interval + 1) * interval
+            choices = " or ".join(str(s) for s in (lower, upper) if s > 0)
+            raise ConfigError(
+                f"training.steps={cfg.steps}: the run in {workdir} checkpoints every {interval} "
+                f"steps (training.steps_per_checkpoint in its config.json), so training.steps "
+                f"must be a multiple of {interval}: use {choices}"
+            )
+    resolved = experiment.resolve(kept)
+    derived = [name for name in TrainingConfig.DERIVED if getattr(cfg, name) is None]
+    if derived:
+        values = ", ".join(f"training.{n}={getattr(resolved.training, n)}" for n in derived)
+        origin = (f"as in the run in {workdir}" if kept is not None
+                  else f"derived from training.steps={resolved.training.steps}")
+        notes.append(f"{values} ({origin}; set {'it' if len(derived) == 1 else 'them'} "
+                     "to choose)")
+    if kept is not None:
+        _check_workdir_config(workdir, kept, resolved)
+    elif previous is not None or unreadable:
+        changed = _config_differences(previous, resolved) if previous is not None else []
+        if changed or unreadable:
+            notes.append(f"{workdir / 'config.json'} is from a run that saved no training state; "
+                         f"replacing it (differs in: {', '.join(changed) or 'unreadable'})")
+    start_step = 0
+    if progress:
+        start_step = _read_backup_epoch(workdir / "backup") * resolved.training.steps_per_checkpoint
+    if start_step > resolved.training.steps:
+        raise ConfigError(
+            f"training.steps={resolved.training.steps}: the run in {workdir} has already "
+            f"trained {start_step} steps; use at least {start_step} to resume it, or a new "
+            "--workdir"
+        )
+    return resolved, start_step, notes
+
+
+def _check_pattern(field: str, pattern: str) -> None:
+    from malign.data.pipeline import list_files
+
+    try:
+        list_files(pattern)
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: no TFRecord files match {pattern!r} (a glob, or a shard "
+                          "prefix written by `malign data`)") from None
+
+
+def prepare_run(experiment: ExperimentConfig, workdir: str | os.PathLike) -> RunPlan:
+    """Resolves and checks a run without writing anything; ``train`` starts with it.
+
+    Checks, in order: the config (types, values, derived fields), the work directory (a
+    run with training state there must have the same config, only ``training.steps`` may
+    grow, and not below the step it reached), the strategy and the global batch, the data
+    (``data.train_pattern`` / ``data.eval_pattern`` match files), the tokenizer (its
+    vocabulary size equals ``model.text.vocabulary_size``) and ``training.init_from``
+    (exists). ``malign train --print-config`` runs the same checks.
+
+    Args:
+        experiment: the experiment; unset fields are resolved (see
+            ``TrainingConfig.resolve``), against the work directory's run when it resumes.
+        workdir: the work directory (need not exist).
+
+    Returns:
+        A ``RunPlan``.
+
+    Raises:
+        ConfigError: naming the field to change.
+
+    Example:
+        >>> from malign.presets import get_preset
+        >>> exp = ExperimentConfig(model=get_preset("tiny"), training=TrainingConfig(steps=20))
+        >>> plan = prepare_run(exp, "/nonexistent/run")
+        >>> plan.experiment.training.warmup_steps, plan.experiment.training.steps_per_checkpoint
+        (2, 20)
+    """
+    workdir = Path(workdir)
+    experiment.validate()
+    resolved, start_step, notes = _resolve_against_workdir(experiment, workdir)
+    cfg = resolved.training
+    try:
+        strategy = distributed.get_strategy(cfg.strategy)
+    except ValueError as error:
+        raise ConfigError(f"training.strategy: {error}") from None
+    distributed.check_global_batch(cfg.global_batch_size, strategy)
+    # Start the runtime now, so its start-up messages come before the progress lines.
+    tf.config.list_logical_devices()
+    data = resolved.data
+    train_pattern, eval_pattern = _data_patterns(resolved, workdir)
+    if data.train_pattern not in ("random", "synthetic"):
+        _check_pattern("data.train_pattern", data.train_pattern)
+    if data.eval_pattern:
+        _check_pattern("data.eval_pattern", data.eval_pattern)
+    tokenizer = None
+    if train_pattern != "random" or eval_pattern:
+        tokenizer = make_tokenizer(data.tokenizer, resolved.model)
+    if cfg.init_from and not start_step and not Path(cfg.init_from).is_file():
+        raise ConfigError(f"training.init_from: no such file {cfg.init_from}")
+    return RunPlan(resolved, workdir, strategy, start_step, train_pattern, eval_pattern,
+                   tokenizer, tuple(notes))
 
 
 def initialize_from(model: AlignModel, path: str | os.PathLike) -> None:
@@ -560,7 +757,7 @@ def resolve_tokenizer_path(spec: str) -> Path:
         return Path(text_lib.test_vocab_path())
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"data.tokenizer: no such file {spec}")
+        raise ConfigError(f"data.tokenizer: no such file {spec}")
     return path
 
 
@@ -568,50 +765,94 @@ def make_tokenizer(spec: str, model_config: ModelConfig):
     """The tokenizer layer of ``data.tokenizer`` at the model's sequence length.
 
     A ``.txt`` file is a WordPiece vocabulary (the English checkpoint's); anything else
-    a SentencePiece model. Its ids must fit the model's vocabulary.
+    a SentencePiece model.
+
+    Raises:
+        ConfigError: naming ``data.tokenizer`` when the file is missing or unreadable, and
+            ``model.text.vocabulary_size`` when the tokenizer's vocabulary size differs from
+            the model's (ids past the model's table would fail; rows past the tokenizer's
+            would never train).
     """
     from malign import text as text_lib
 
     path = resolve_tokenizer_path(spec)
     try:
-        return text_lib.tokenizer_from_file(path, model_config.text.sequence_length,
-                                            model_config.text.vocabulary_size)
-    except ValueError as error:
-        raise ConfigError(f"data.tokenizer: {error}") from None
+        tokenizer = text_lib.tokenizer_from_file(path, model_config.text.sequence_length)
+    except (ValueError, OSError, tf.errors.OpError) as error:
+        raise ConfigError(f"data.tokenizer: cannot read {path}: {error}") from None
+    have, want = int(tokenizer.vocabulary_size), model_config.text.vocabulary_size
+    if have != want:
+        raise ConfigError(
+            f"model.text.vocabulary_size: the model has {want} token ids but the tokenizer "
+            f"(data.tokenizer={spec or 'test'}, {path}) has {have}; set "
+            f"model.text.vocabulary_size={have}, or data.tokenizer to a tokenizer with {want}"
+        )
+    return tokenizer
+
+
+def synthetic_patterns(directory: Path) -> tuple[str, str]:
+    """The shard patterns of the synthetic train and held-out sets in ``directory``."""
+    from malign.data import schema
+
+    return (schema.shard_pattern(str(directory / "train")),
+            schema.shard_pattern(str(directory / "heldout")))
 
 
 def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[str, str]:
-    """Writes the synthetic train and held-out sets once; returns their shard patterns."""
-    from malign.data import schema, synthetic
+    """Writes the synthetic train and held-out sets (again if their settings changed).
+
+    Each set's ``<name>.done`` records the scene count, image size and seed it was
+    written with.
+
+    Returns:
+        Their shard patterns.
+    """
+    import glob
+
+    from malign.data import synthetic
 
     n = experiment.data.synthetic_examples
     size = experiment.model.image.image_size
     seed = experiment.training.seed
-    patterns = []
-    for name, count, split_seed in (("train", n, seed), ("heldout", max(100, n // 10),
-                                                          seed + 100_003)):
+    patterns = synthetic_patterns(directory)
+    for name, count, split_seed, pattern in (
+            ("train", n, seed, patterns[0]),
+            ("heldout", max(100, n // 10), seed + 100_003, patterns[1])):
         prefix = directory / name
         done = directory / f"{name}.done"
-        if not done.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            print(f"malign train: writing {count} synthetic scenes to {prefix}-*", flush=True)
-            synthetic.write_synthetic(prefix, count, image_size=size, seed=split_seed,
-                                      verbose=False)
-            done.write_text(f"{count}\n")
-        patterns.append(schema.shard_pattern(str(prefix)))
-    return patterns[0], patterns[1]
+        settings = {"count": count, "image_size": size, "seed": split_seed}
+        if done.exists() and _done_settings(done) == settings:
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in glob.glob(pattern):
+            os.remove(stale)
+        print(f"malign train: writing {count} synthetic scenes to {prefix}-*", flush=True)
+        synthetic.write_synthetic(prefix, count, image_size=size, seed=split_seed,
+                                  verbose=False)
+        _write_text_atomically(done, json.dumps(settings) + "\n")
+    return patterns
+
+
+def _done_settings(done: Path) -> dict | None:
+    """The settings a ``.done`` marker records (None for a marker that records only a count,
+    as written before the settings were recorded: the set is written again)."""
+    try:
+        value = json.loads(done.read_text())
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _data_patterns(experiment: ExperimentConfig, workdir: Path) -> tuple[str, str]:
     data = experiment.data
     if data.train_pattern == "synthetic":
-        train_pattern, heldout = prepare_synthetic(workdir / "data", experiment)
+        train_pattern, heldout = synthetic_patterns(workdir / "data")
         return train_pattern, data.eval_pattern or heldout
     return data.train_pattern, data.eval_pattern
 
 
-def _dataset_factory(experiment: ExperimentConfig, train_pattern: str, start_step: int
-                     ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+def _dataset_factory(experiment: ExperimentConfig, train_pattern: str, start_step: int,
+                     tokenizer: Any) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     data = experiment.data
     training = experiment.training
 
@@ -623,8 +864,6 @@ def _dataset_factory(experiment: ExperimentConfig, train_pattern: str, start_ste
         return random_fn
 
     from malign import data as data_lib
-
-    tokenizer = make_tokenizer(data.tokenizer, experiment.model)
 
     def files_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         return data_lib.make_dataset(
@@ -640,104 +879,135 @@ def _dataset_factory(experiment: ExperimentConfig, train_pattern: str, start_ste
     return files_fn
 
 
-def evaluate_after_training(model: AlignModel, experiment: ExperimentConfig, eval_pattern: str,
-                            out_dir: Path, verbose: bool = True) -> dict:
-    """Retrieval metrics of the trained model on ``eval_pattern``, written to ``out_dir``."""
-    from malign import data as data_lib
-    from malign import evaluation
+def _retrieval_evaluator(plan: RunPlan, log_dir: Path):
+    """The retrieval evaluation of the held-out set (None without one).
 
-    tokenizer = make_tokenizer(experiment.data.tokenizer, experiment.model)
-    split = data_lib.read_eval_split(eval_pattern, model.image_size, batch_size=64,
-                                     languages=experiment.data.languages or None,
-                                     eval_resize=data_lib.model_eval_resize(model))
-    report = evaluation.evaluate_retrieval(model, tokenizer, split,
-                                           languages=experiment.data.languages or None,
-                                           verbose=verbose)
-    evaluation.write_retrieval_report(report, out_dir)
-    return report
-
-
-def _periodic_evaluation(experiment: ExperimentConfig, eval_pattern: str, log_dir: Path,
-                         verbose: Any) -> list[keras.callbacks.Callback]:
-    """The in-training retrieval evaluation, when ``training.eval_every_steps`` asks for it.
-
-    The final evaluation after training is ``evaluate_after_training``'s job, so the
-    callback does not repeat it at the end of ``fit``.
+    During ``fit`` it runs every ``training.eval_every_steps`` steps (when set); after
+    training, ``_final_report`` reuses its last report when that was taken at the final
+    step, so the last evaluation never runs twice.
     """
-    every = experiment.training.eval_every_steps
-    if not every or not eval_pattern:
-        return []
+    if not plan.eval_pattern:
+        return None
     from malign.evaluation import RetrievalEvaluation
 
-    return [RetrievalEvaluation(
-        eval_pattern,
-        make_tokenizer(experiment.data.tokenizer, experiment.model),
-        every_n_steps=every,
+    experiment = plan.experiment
+    return RetrievalEvaluation(
+        plan.eval_pattern,
+        plan.tokenizer,
+        every_n_steps=experiment.training.eval_every_steps or experiment.training.steps,
         log_dir=log_dir,
         languages=experiment.data.languages or None,
         at_train_end=False,
-        verbose=verbose not in (0, False),
-    )]
+    )
+
+
+def _final_report(evaluator, model: AlignModel, step: int) -> dict:
+    """The held-out report at ``step``: the callback's last one if taken there, else a new one."""
+    if evaluator.history and evaluator.history[-1][0] == step:
+        return evaluator.history[-1][1]
+    if evaluator.model is None:
+        evaluator.set_model(model)
+    return evaluator.evaluate(step)
+
+
+class _Timed:
+    """Prints ``malign train: <what> ...`` and, when the block ends, the seconds it took."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.detail = ""
+
+    def __enter__(self) -> _Timed:
+        self.start = time.perf_counter()
+        print(f"malign train: {self.what} ...", end="", flush=True)
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: object) -> None:
+        took = time.perf_counter() - self.start
+        print(f" {'failed after ' if exc_type else ''}{took:.1f} s{self.detail}", flush=True)
 
 
 def train(
     experiment: ExperimentConfig,
     workdir: str | os.PathLike,
     callbacks: list[keras.callbacks.Callback] | None = None,
-    verbose: Any = "auto",
+    verbose: Any = 0,
 ) -> tuple[AlignModel, keras.callbacks.History]:
     """Trains an experiment in ``workdir``; resumes if a backup is there.
 
+    Everything is checked first (``prepare_run``: config, work directory, strategy, data,
+    tokenizer, ``init_from``); only then does the run write into ``workdir``, so a run
+    that fails a check leaves no ``config.json`` behind to refuse its corrected re-run.
+    A ``config.json`` left by a run that saved no training state (it failed before its
+    first checkpoint) is replaced.
+
+    Progress: a line when the model is built and when the first (tracing) step is done,
+    then every ``training.log_every_steps`` steps the loss, temperature, learning rate,
+    steps/s and ETA (``malign.training_progress``), also written to TensorBoard
+    (``workdir/logs/train``).
+
     Args:
-        experiment: the resolved experiment config.
+        experiment: the experiment config (unset fields are resolved, see ``prepare_run``).
         workdir: directory for config.json, checkpoints, backup, logs, model.keras.
         callbacks: extra Keras callbacks.
-        verbose: Keras ``fit`` verbosity (progress bar by default).
+        verbose: Keras ``fit`` verbosity: 0 (malign's progress lines only, default),
+            1 (Keras' progress bar instead of the step lines) or 2 (Keras' line per
+            checkpoint interval as well).
 
     Returns:
         ``(model, history)``.
-    """
-    experiment.validate()
-    cfg = experiment.training
-    if cfg.steps % cfg.steps_per_checkpoint:
-        raise ConfigError(
-            f"training.steps_per_checkpoint={cfg.steps_per_checkpoint} must divide "
-            f"training.steps={cfg.steps}"
-        )
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    strategy = distributed.get_strategy(cfg.strategy)
-    distributed.check_global_batch(cfg.global_batch_size, strategy)
-    _check_workdir_config(workdir, experiment)
-    (workdir / "config.json").write_text(experiment.to_json() + "\n")
 
+    Raises:
+        ConfigError: naming the field to change, before anything is written.
+    """
+    from malign.models.align_model import count_params
+    from malign.training_progress import ProgressLog, ScalarLog
+
+    if verbose == "auto":
+        verbose = 1
+    plan = prepare_run(experiment, workdir)
+    experiment, workdir, strategy = plan.experiment, plan.workdir, plan.strategy
+    cfg = experiment.training
+    for note in plan.notes:
+        print(f"malign train: {note}", flush=True)
     backup_dir = workdir / "backup"
-    start_epoch = _read_backup_epoch(backup_dir)
-    start_step = start_epoch * cfg.steps_per_checkpoint
-    if start_step:
-        print(f"malign train: resuming from step {start_step} (backup in {backup_dir})",
-              flush=True)
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
+    # Setting the seed clears TensorFlow's eager kernel cache, which deletes the resources of
+    # tensorflow-text's SentencePiece ops made before it ("Resource ... SentencepieceOp does
+    # not exist" in the input pipeline): prepare_run's tokenizer was a check; make it again.
+    tokenizer = make_tokenizer(experiment.data.tokenizer, experiment.model) \
+        if plan.tokenizer is not None else None
+    plan = dataclasses.replace(plan, tokenizer=tokenizer)
     try:
-        with strategy.scope():
+        with _Timed("building the model") as timed, strategy.scope():
             model = AlignModel(experiment.model)
             model.compile(optimizer=make_optimizer(cfg),
                           jit_compile=resolve_jit_compile(cfg, strategy))
-        if cfg.init_from and not start_step:
+            timed.detail = f" ({count_params(model):,} weights)"
+        if cfg.init_from and not plan.start_step:
             initialize_from(model, cfg.init_from)
-        train_pattern, eval_pattern = _data_patterns(experiment, workdir)
+
+        # Everything is checked: from here on the run writes into its work directory.
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomically(workdir / "config.json", experiment.to_json() + "\n")
+        if plan.start_step:
+            print(f"malign train: resuming from step {plan.start_step} (backup in {backup_dir})",
+                  flush=True)
+        if experiment.data.train_pattern == "synthetic":
+            prepare_synthetic(workdir / "data", experiment)
         dataset = strategy.distribute_datasets_from_function(
-            _dataset_factory(experiment, train_pattern, start_step))
+            _dataset_factory(experiment, plan.train_pattern, plan.start_step, plan.tokenizer))
+        evaluator = _retrieval_evaluator(plan, workdir / "logs")
         all_callbacks = [
             keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True,
                                              delete_checkpoint=False),
+            *([ProgressLog(cfg.steps, cfg.log_every_steps)] if verbose != 1 else []),
+            ScalarLog(workdir / "logs" / "train", cfg.steps, cfg.log_every_steps),
             StepCheckpoint(workdir / "checkpoints"),
-            keras.callbacks.TensorBoard(str(workdir / "logs"), update_freq=cfg.log_every_steps,
-                                        write_graph=False),
-            *_periodic_evaluation(experiment, eval_pattern, workdir / "logs", verbose),
+            *([evaluator] if evaluator is not None and cfg.eval_every_steps else []),
             *(callbacks or []),
         ]
         history = model.fit(
@@ -746,15 +1016,18 @@ def train(
             steps_per_epoch=cfg.steps_per_checkpoint,
             callbacks=all_callbacks,
             verbose=verbose,
+            shuffle=False,  # the dataset shuffles; Keras would warn that it ignores True
         )
         save_model_atomically(model, workdir / "model.keras")
-        if train_pattern != "random":
+        if plan.train_pattern != "random":
             source = resolve_tokenizer_path(experiment.data.tokenizer)
             name = "vocab.txt" if source.suffix == ".txt" else "tokenizer.model"
             shutil.copyfile(source, workdir / name)
-        if eval_pattern:
-            report = evaluate_after_training(model, experiment, eval_pattern,
-                                             workdir / "eval", verbose=bool(verbose))
+        if evaluator is not None:
+            report = _final_report(evaluator, model, int(model.optimizer.iterations.numpy()))
+            from malign import evaluation
+
+            evaluation.write_retrieval_report(report, workdir / "eval")
             summary = ", ".join(f"{lang} mR {m['mean_recall']:.1f}"
                                 for lang, m in report["languages"].items())
             print(f"malign train: held-out retrieval: {summary} "

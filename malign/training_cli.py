@@ -83,13 +83,15 @@ def _experiment_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def _run(args: argparse.Namespace) -> int:
     experiment = _experiment_from_args(args)
-    if args.print_config:
-        print(experiment.to_json())
-        return 0
-    from malign.training import train
-
     workdir = Path(args.workdir or f"runs/{experiment.name}")
-    train(experiment, workdir, verbose=args.verbose)
+    from malign import training
+
+    if args.print_config:
+        # The same checks as a run (config, derived fields against the work directory,
+        # strategy, data, tokenizer, init_from), without writing anything.
+        print(training.prepare_run(experiment, workdir).experiment.to_json())
+        return 0
+    training.train(experiment, workdir, verbose=args.verbose)
     print(f"malign train: done; model in {workdir / 'model.keras'}")
     return 0
 
@@ -108,7 +110,12 @@ def add_subparser(subparsers) -> None:
     parser.add_argument("--workdir", help="output directory (default runs/<name>)")
     parser.add_argument("--smoke", action="store_true", help="the recipe's CPU-sized version")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit")
-    parser.add_argument("--verbose", default="auto", type=lambda v: v if v == "auto" else int(v),
-                        help="Keras progress: auto, 0, 1 or 2")
+                        help="check the run as training would (config, work directory, "
+                             "strategy, data, tokenizer) and print its resolved config, "
+                             "derived values included; writes nothing")
+    parser.add_argument("--verbose", default=0, choices=(0, 1, 2),
+                        type=lambda v: 1 if v == "auto" else int(v),
+                        help="0: malign's progress lines (default); 1: Keras' progress bar "
+                             "instead of the step lines; 2: also Keras' line per checkpoint "
+                             "interval")
     parser.set_defaults(func=_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from malign.cli import main
 from malign.training_cli import parse_overrides
+
+REPO = Path(__file__).resolve().parents[1]
 
 SMOKE = ["--preset", "tiny", "--set", "training.global_batch_size=4",
          "--set", "training.warmup_steps=1", "--set", "training.steps_per_checkpoint=2"]
@@ -68,16 +72,26 @@ def test_killed_run_resumes_from_saved_step(tmp_path):
     steps = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("*.keras"))
     assert steps[-1] == saved_step + 4
     assert json.loads(meta.read_text())["epoch"] == saved_epoch + 2
+    # The resumed run's scalars continue at global steps (its own, newest event file).
+    from malign.training_progress import logged_steps
+
+    newest = max((workdir / "logs" / "train").glob("events.out.tfevents.*"),
+                 key=lambda p: p.stat().st_mtime)
+    want = logged_steps(saved_step, saved_step + 4, 10)
+    assert _scalar_steps_in(newest, "loss") == want
+    assert f"running step {saved_step + 1}/{saved_step + 4}" in result.stdout
+
+
+def _scalar_steps_in(path: Path, tag: str) -> list[int]:
+    import tensorflow as tf
+
+    return sorted(event.step for event in tf.compat.v1.train.summary_iterator(str(path))
+                  for value in event.summary.value if value.tag == tag)
 
 
 def _scalar_steps(log_dir: Path, tag: str) -> list[int]:
-    import tensorflow as tf
-
-    steps = []
-    for path in sorted(log_dir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            steps += [event.step for value in event.summary.value if value.tag == tag]
-    return sorted(steps)
+    return sorted(step for path in log_dir.glob("events.out.tfevents.*")
+                  for step in _scalar_steps_in(path, tag))
 
 
 def test_demo_recipe_smoke_trains_evaluates_during_and_after(tmp_path):
@@ -90,6 +104,8 @@ def test_demo_recipe_smoke_trains_evaluates_during_and_after(tmp_path):
                       "--verbose", "2"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "retrieval @ step 10" in result.stdout and "held-out retrieval" in result.stdout
+    # The final report reuses the evaluation at step 20: it runs (and prints) once.
+    assert result.stdout.count("retrieval @ step 20") == 1
     assert _scalar_steps(workdir / "logs" / "retrieval", "retrieval/en/mean_recall") == [10, 20]
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert set(metrics["languages"]) == {"en", "de", "fr", "cs"}
@@ -134,3 +150,70 @@ def test_help_lists_commands():
     result = _malign(["--help"], timeout=120)
     assert result.returncode == 0 and "train" in result.stdout
     assert Path(__file__).exists()
+
+
+def _readme_command(marker: str) -> list[str]:
+    """The arguments of the README command line containing ``marker`` (comment removed)."""
+    for line in (REPO / "README.md").read_text().splitlines():
+        if marker in line and line.startswith("malign train"):
+            return line.split("#")[0].split()[1:]
+    raise AssertionError(f"no README command with {marker!r}")
+
+
+def test_readme_smoke_command_trains_with_values_that_follow_the_steps(tmp_path):
+    """`malign train --preset tiny --set training.steps=20 --workdir runs/smoke`, as the
+    README shows it: warm-up and checkpoint interval follow the 20 steps; --print-config
+    shows the config the run writes, and writes nothing itself."""
+    args = _readme_command("--preset tiny --set training.steps=20")
+    printed = _malign([*args, "--print-config"], cwd=tmp_path, timeout=300)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    config = json.loads(printed.stdout)
+    assert (config["training"]["warmup_steps"], config["training"]["steps_per_checkpoint"]) == (2, 20)
+    assert not (tmp_path / "runs").exists()
+
+    result = _malign(args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = tmp_path / "runs" / "smoke"
+    assert json.loads((workdir / "config.json").read_text()) == config
+    assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["step_00000020.keras"]
+    out = result.stdout
+    assert "training.warmup_steps=2, training.steps_per_checkpoint=20 (derived from " \
+           "training.steps=20" in out
+    assert re.search(r"building the model \.\.\. \d+\.\d s \([\d,]+ weights\)", out), out
+    assert re.search(r"tracing the train step and running step 1/20 \.\.\. \d+\.\d s\n", out), out
+    assert re.search(r"step 10/20  loss \d\.\d{4}  temperature \d\.\d{4}  lr \S+  "
+                     r"\d+\.\d\d steps/s  ETA \d+", out), out
+    assert re.search(r"step 20/20  loss", out), out
+    assert "Epoch 1/1" not in out and "\u2501" not in out  # no Keras progress bar by default
+
+
+BAD_SETTINGS = [
+    (["training.steps=20", "training.steps_per_checkpoint=7"], "training.steps_per_checkpoint"),
+    (["training.steps=20", "training.warmup_steps=100"], "training.warmup_steps"),
+    (["training.steps=null"], "training.steps"),
+    (["training.seed=null"], "training.seed"),
+    (["training.learning_rate=nan"], "training.learning_rate"),
+    (["training.learning_rate=inf"], "training.learning_rate"),
+    (["data.languages=5"], "data.languages"),
+    (["training.strategy=gpu:9"], "training.strategy"),
+    (["data.train_pattern=synthetic", "model.text.vocabulary_size=900"],
+     "model.text.vocabulary_size"),
+    (["data.train_pattern=/nonexistent/train-*"], "data.train_pattern"),
+]
+
+
+@pytest.mark.parametrize("settings, field", BAD_SETTINGS, ids=[b[1] for b in BAD_SETTINGS])
+def test_print_config_refuses_what_training_refuses(tmp_path, capsys, settings, field):
+    """One check path: the run and --print-config give the same error naming the field,
+    exit 2, and write nothing."""
+    args = ["train", "--preset", "tiny", "--workdir", str(tmp_path / "run")]
+    for item in settings:
+        args += ["--set", item]
+    errors = []
+    for extra in ([], ["--print-config"]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"malign train: error: {field}"), err
+        errors.append(err)
+    assert errors[0] == errors[1]
+    assert not (tmp_path / "run").exists()

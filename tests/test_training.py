@@ -69,8 +69,10 @@ def test_train_mixed_bfloat16_keeps_loss_and_embeddings_float32(tmp_path):
 def test_steps_must_be_a_multiple_of_checkpoint_interval(tmp_path):
     exp = ExperimentConfig(model=get_preset("tiny"), training=TrainingConfig(
         global_batch_size=4, steps=5, steps_per_checkpoint=2, warmup_steps=1))
-    with pytest.raises(ConfigError, match="steps_per_checkpoint=2 must divide"):
-        train(exp, tmp_path)
+    with pytest.raises(ConfigError, match=r"training.steps_per_checkpoint: 2 must divide "
+                                          r"training.steps=5.*use 1 or 5"):
+        train(exp, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_init_from_copies_weights_and_checks_layout(tmp_path):
@@ -146,3 +148,160 @@ def test_fused_optimizer_config_round_trip():
     opt = make_optimizer(TrainingConfig(steps=10, warmup_steps=1), fused_min_size=123)
     again = type(opt).from_config(opt.get_config())
     assert again.fused_min_size == 123
+
+
+# -- checks before anything is written; resuming ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """8 synthetic 32-px scenes (4 languages): a tiny training and held-out set."""
+    from malign.data.synthetic import write_synthetic
+
+    prefix = tmp_path_factory.mktemp("records") / "scenes"
+    write_synthetic(prefix, 8, image_size=32, seed=0, verbose=False)
+    return str(prefix)
+
+
+def _tiny(**training) -> ExperimentConfig:
+    return ExperimentConfig(model=get_preset("tiny"), training=TrainingConfig(
+        global_batch_size=4, **training))
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"model.text.vocabulary_size": 999, "data.train_pattern": "RECORDS"},
+     "model.text.vocabulary_size"),
+    ({"model.text.vocabulary_size": 1200, "data.eval_pattern": "RECORDS"},
+     "model.text.vocabulary_size"),
+    ({"data.train_pattern": "MISSING/train-*.tfrecord"}, "data.train_pattern"),
+    ({"data.eval_pattern": "MISSING/val"}, "data.eval_pattern"),
+    ({"data.train_pattern": "RECORDS", "data.tokenizer": "MISSING/sp.model"}, "data.tokenizer"),
+    ({"training.init_from": "MISSING/model.keras"}, "training.init_from"),
+    ({"training.strategy": "gpu:7"}, "training.strategy"),
+    ({"training.strategy": "cpu:4", "training.global_batch_size": 6},
+     "training.global_batch_size"),
+    ({"training.steps_per_checkpoint": 3}, "training.steps_per_checkpoint"),
+])
+def test_a_run_that_fails_a_check_writes_nothing(tmp_path, records, overrides, field):
+    overrides = {k: v.replace("RECORDS", records).replace("MISSING", str(tmp_path / "none"))
+                 if isinstance(v, str) else v for k, v in overrides.items()}
+    workdir = tmp_path / "run"
+    with pytest.raises((ConfigError, ValueError), match=rf"^{field}[:=]"):
+        train(_tiny(steps=4).with_overrides(overrides), workdir, verbose=0)
+    assert not workdir.exists()
+
+
+def test_corrected_rerun_after_a_failed_check_trains_and_evaluates_once(tmp_path, records,
+                                                                        monkeypatch):
+    """The tokenizer (1000 ids) does not fit a 999-id model: refused, nothing written; the
+    corrected run trains in the same directory and evaluates the held-out set once."""
+    from malign.evaluation import callback, evaluate
+
+    calls = []
+    original = evaluate.evaluate_embeddings
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_embeddings", counting)
+    monkeypatch.setattr(callback, "evaluate_embeddings", counting)
+    workdir = tmp_path / "run"
+    exp = _tiny(steps=2).with_overrides({"data.train_pattern": records,
+                                         "data.eval_pattern": records})
+    with pytest.raises(ConfigError, match="model.text.vocabulary_size=1000"):
+        train(exp.with_overrides({"model.text.vocabulary_size": 999}), workdir, verbose=0)
+    assert not workdir.exists()
+    model, history = train(exp, workdir, verbose=0)
+    assert len(history.history["loss"]) == 1 and (workdir / "model.keras").is_file()
+    assert len(calls) == 1
+    assert _scalar_steps(workdir / "logs" / "retrieval", "retrieval/mean/mean_recall") == [2]
+    assert (workdir / "eval" / "metrics.json").is_file()
+
+
+def _write_run(workdir, experiment, epoch: int) -> None:
+    """A work directory as a run of `experiment` leaves it after `epoch` checkpoint intervals."""
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(experiment.resolve().to_json())
+    if epoch:
+        (workdir / "backup").mkdir()
+        (workdir / "backup" / "training_metadata.json").write_text(f'{{"epoch": {epoch}}}')
+
+
+def test_resume_keeps_derived_values_and_only_steps_may_grow(tmp_path):
+    from malign.training import prepare_run
+
+    workdir = tmp_path / "run"
+    _write_run(workdir, _tiny(steps=20), epoch=1)  # derived: warm-up 2, checkpoint every 20
+    plan = prepare_run(_tiny(steps=60), workdir)
+    assert (plan.experiment.training.warmup_steps,
+            plan.experiment.training.steps_per_checkpoint) == (2, 20)
+    assert plan.start_step == 20
+    assert any("as in the run in" in note for note in plan.notes)
+    # Set to the same values: the same run.
+    prepare_run(_tiny(steps=60, warmup_steps=2, steps_per_checkpoint=20), workdir)
+    with pytest.raises(ConfigError, match=r"training.steps=50: .* multiple of 20: use 40 or 60"):
+        prepare_run(_tiny(steps=50), workdir)
+    with pytest.raises(ConfigError, match=r"differs in: training.warmup_steps"):
+        prepare_run(_tiny(steps=60, warmup_steps=6), workdir)
+    with pytest.raises(ConfigError, match=r"differs in: training.steps_per_checkpoint"):
+        prepare_run(_tiny(steps=60, steps_per_checkpoint=10), workdir)
+    with pytest.raises(ConfigError, match=r"differs in: training.learning_rate"):
+        prepare_run(_tiny(steps=60, learning_rate=0.5), workdir)
+
+    reached = tmp_path / "reached"
+    _write_run(reached, _tiny(steps=40, steps_per_checkpoint=10), epoch=3)
+    with pytest.raises(ConfigError, match=r"training.steps=20: .* already trained 30 steps"):
+        prepare_run(_tiny(steps=20), reached)
+    assert prepare_run(_tiny(steps=30), reached).start_step == 30
+
+
+def test_config_of_a_run_without_training_state_is_replaced(tmp_path):
+    from malign.training import prepare_run
+
+    workdir = tmp_path / "run"
+    _write_run(workdir, _tiny(steps=20, learning_rate=0.5), epoch=0)
+    plan = prepare_run(_tiny(steps=20), workdir)  # no backup, checkpoint or model: no state
+    assert any("replacing it (differs in: training.learning_rate)" in n for n in plan.notes)
+    assert plan.experiment.training.warmup_steps == 2
+    (workdir / "config.json").write_text("{not json")
+    assert any("unreadable" in n for n in prepare_run(_tiny(steps=20), workdir).notes)
+    (workdir / "backup").mkdir()
+    (workdir / "backup" / "training_metadata.json").write_text('{"epoch": 1}')
+    with pytest.raises(ConfigError, match="holds training state but .* cannot be read"):
+        prepare_run(_tiny(steps=20), workdir)
+
+
+# -- TensorBoard scalars at every interval ----------------------------------------------------
+
+def _scalars(log_dir) -> dict[str, dict[int, float]]:
+    tags: dict[str, dict[int, float]] = {}
+    for path in tf.io.gfile.glob(str(log_dir / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return tags
+
+
+def _scalar_steps(log_dir, tag) -> list[int]:
+    return sorted(_scalars(log_dir).get(tag, {}))
+
+
+@pytest.mark.parametrize("interval, every, want", [(4, 5, [5, 10, 12]), (6, 3, [3, 6, 9, 12])])
+def test_every_interval_reaches_tensorboard(tmp_path, interval, every, want):
+    """Loss, temperature and learning rate at every `log_every_steps` global steps (and the
+    last), whether or not the checkpoint interval is a multiple of it."""
+    exp = _tiny(steps=12, steps_per_checkpoint=interval, log_every_steps=every, warmup_steps=2)
+    model, history = train(exp, tmp_path, verbose=0)
+    tags = _scalars(tmp_path / "logs" / "train")
+    for tag in ("loss", "temperature", "learning_rate", "steps_per_second"):
+        assert sorted(tags[tag]) == want, tag
+    schedule = malign.training.make_schedule(exp.training)
+    for step in want:
+        assert tags["learning_rate"][step] == pytest.approx(float(schedule(step)), rel=1e-5)
+    assert tags["temperature"][12] == pytest.approx(float(model.temperature), rel=1e-6)
+    if interval % every == 0:  # the intervals tile each epoch: their mean is Keras' epoch mean
+        per_epoch = interval // every
+        losses = [tags["loss"][s] for s in want]
+        for epoch, keras_mean in enumerate(history.history["loss"]):
+            chunk = losses[epoch * per_epoch:(epoch + 1) * per_epoch]
+            assert np.mean(chunk) == pytest.approx(keras_mean, rel=1e-5)

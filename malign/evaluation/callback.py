@@ -131,6 +131,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
         Args:
             step: the step to log the scalars at.
+
+        Returns:
+            The dict of ``evaluate_embeddings`` plus ``num_images`` and ``num_captions``
+            (as ``evaluate_retrieval`` gives; ``write_retrieval_report`` takes it).
         """
         from malign.evaluation.embedding import embed_images, embed_texts
 
@@ -147,12 +151,17 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             self.ks,
             self.memory_budget_bytes,
         )
+        report["num_images"] = int(image_emb.shape[0])
+        report["num_captions"] = int(text_emb.shape[0])
         self.history.append((int(step), report))
         self._last_step = int(step)
         self._log(step, report)
         if self.verbose:
             parts = [f"{lang} {m['mean_recall']:.1f}" for lang, m in report["languages"].items()]
-            print(f"\nretrieval @ step {step}: mR {', '.join(parts)} (mean {report['mean']['mean_recall']:.1f})")
+            # Keras' progress bar (verbose=1) leaves its line open: start a new one.
+            start = "\n" if (self.params or {}).get("verbose") == 1 else ""
+            print(f"{start}retrieval @ step {step}: mR {', '.join(parts)} "
+                  f"(mean {report['mean']['mean_recall']:.1f})", flush=True)
         return report
 
     def _log(self, step: int, report: dict[str, Any]) -> None:
