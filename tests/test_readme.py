@@ -101,14 +101,6 @@ class Skip:
     reason: str
 
 
-# Strict xfail for the README's smoke command: `malign train --preset tiny --set
-# training.steps=20` is rejected by config validation (warm-up 100 > steps, then
-# steps_per_checkpoint 100 does not divide 20). The fix is on another branch (issue 13
-# item 5, "defaults that follow the steps asked for"); remove this marker when it is merged.
-XFAIL_SMOKE_DEFAULTS_FIXED_ON_OTHER_BRANCH = (
-    "issue 13 item 5: the README's smoke command is rejected (warmup_steps 100 > steps 20); "
-    "fixed on another branch - remove this xfail at merge")
-
 DEMO_SHORT = ("--smoke --set training.steps=4 --set training.steps_per_checkpoint=2 "
               "--set training.warmup_steps=1 --set training.global_batch_size=16")
 
@@ -131,7 +123,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "--workdir runs/x": Run(
         slow=True, creates=("runs/x/model.keras", "runs/x/eval/metrics.json")),
     "malign train --preset tiny --set training.steps=20 --workdir runs/smoke": Run(
-        creates=("runs/smoke/model.keras",), xfail=XFAIL_SMOKE_DEFAULTS_FIXED_ON_OTHER_BRANCH),
+        creates=("runs/smoke/model.keras",)),
     "malign train --recipe recipes/demo.py --print-config": Run(
         output=r'"steps": 1000\b'),
     # Data and tokenizer
