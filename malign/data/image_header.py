@@ -24,9 +24,11 @@ missing or malformed is 1, never an error), found where PIL finds it:
   :data:`MAX_WEBP_CHUNKS` chunks in.
 
 Inside the TIFF structure: byte order ``II*\\0`` or ``MM\\0*``; IFD0's entries that lie
-wholly inside the EXIF block are scanned; the first entry with tag 0x0112 and a TIFF type
-PIL knows decides; its value counts when it is one SHORT or LONG in 1..8. This is PIL's
-reading of well-formed files. Not read (PIL reads them; they are rare): orientation in XMP
+wholly inside the EXIF block are scanned; the first entry with tag 0x0112, a TIFF type
+PIL knows and a value inside the block decides; its first value counts when the type is an
+integer one (SHORT, the usual, or LONG, SBYTE, SSHORT, SLONG, IFD, LONG8) and it is 1..8.
+This is PIL's reading, also of odd entries; PIL alone also accepts a RATIONAL or FLOAT
+equal to 2..8. Not read (PIL reads them; they are rare): orientation in XMP
 (``tiff:Orientation``) when EXIF has none, ImageMagick's "Raw profile type exif" PNG text
 chunk, EXIF continued in a second APP1 segment, and EXIF of other formats (TIFF, HEIF).
 
@@ -68,8 +70,8 @@ _PNG_EXIF_PATTERNS = tuple(b"eXIf" + p + t for p in (b"", _EXIF_PREFIX)
 _TIFF_UNIT = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
               16: 8}
 # The integer types whose first value PIL takes as the orientation: SHORT, LONG, SBYTE,
-# SSHORT, SLONG (BYTE and UNDEFINED come back as bytes, which PIL does not use).
-_INTEGER_TYPES = (3, 4, 6, 8, 9)
+# SSHORT, SLONG, IFD, LONG8 (BYTE and UNDEFINED come back as bytes, which PIL ignores).
+_INTEGER_TYPES = (3, 4, 6, 8, 9, 13, 16)
 # JPEG markers that PIL (and libjpeg) step over without a length field: JPG, RST0-7,
 # SOI, EOI, JPG0-13.
 _NO_LENGTH = frozenset([0xC8, 0x01, *range(0xD0, 0xDA), *range(0xF0, 0xFE)])
@@ -396,10 +398,12 @@ def _tiff_orientation_tf(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> t
     first = tf.reduce_min(tf.concat([tf.where(stored, tf.range(n), n), [n]], axis=0))
     kind = tf.concat([kinds, [0]], axis=0)[first]
     at = tf.concat([where, [0]], axis=0)[first]
-    raw = _bytes_at(data, at, 4)
-    value = tf.where(tf.equal(kind, 6), tf.cast(raw[0], tf.int64),
-                     tf.where(tf.equal(kind, 3) | tf.equal(kind, 8), _int(raw[:2], little),
-                              _int(raw, little)))
+    raw = _bytes_at(data, at, 8)
+    unit = tf.gather(units_table, tf.clip_by_value(kind, 0, 17))
+    value = tf.where(tf.equal(unit, 1), tf.cast(raw[0], tf.int64),
+                     tf.where(tf.equal(unit, 2), _int(raw[:2], little),
+                              tf.where(tf.equal(unit, 4), _int(raw[:4], little),
+                                       _int(raw, little))))
     integer = tf.reduce_any(tf.equal(kind, tf.constant(_INTEGER_TYPES, tf.int64)))
     good = integer & (value >= 1) & (value <= 8)
     return tf.cast(tf.where(good, value, 1), tf.int32)
