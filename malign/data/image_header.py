@@ -17,7 +17,8 @@ missing or malformed is 1, never an error), found where PIL finds it:
 
 - JPEG: the first APP1 segment that starts with ``Exif\\0\\0``. The segment walk follows
   PIL's (junk bytes and fill bytes skipped, markers without a length stepped over) up to
-  the start of scan, at most :data:`MAX_JPEG_STEPS` steps.
+  the start of scan, at most :data:`MAX_JPEG_STEPS` steps; in the graph it only runs up to
+  the last place an Exif segment could start (a file without ``Exif\\0\\0`` is not walked).
 - PNG: the ``eXIf`` chunk, before or after the image data (PIL reads both): the first
   ``eXIf`` chunk tag followed by a TIFF header (optionally behind ``Exif\\0\\0``).
 - WebP: the first ``EXIF`` chunk of an extended (VP8X) file, at most
@@ -270,156 +271,178 @@ def displayed_size(height: int, width: int, orientation: int) -> tuple[int, int]
 
 
 # -- TensorFlow readers --------------------------------------------------------------------
-def _bytes_at(data: tf.Tensor, pos: tf.Tensor, size: int) -> tf.Tensor:
-    """int32 ``[size]``: the bytes at ``pos`` (any int), zeros past either end."""
-    length = tf.cast(tf.strings.length(data), tf.int64)
-    pos = tf.cast(pos, tf.int64)
-    inside = tf.clip_by_value(pos, 0, length)
-    chunk = tf.strings.substr(data, tf.cast(inside, tf.int32), size)
-    chunk = tf.strings.substr(tf.strings.join([chunk, b"\x00" * size]), 0, size)
-    raw = tf.reshape(tf.cast(tf.io.decode_raw(chunk, tf.uint8), tf.int32), [size])
-    return tf.where(tf.equal(inside, pos), raw, tf.zeros_like(raw))
+# Straight-line code with few ops: inside tf.data and a SavedModel every op, and every
+# functional cond/case (whose cost grows with its branches), costs per image. The two walks
+# are while loops that do not run at all for files without an EXIF candidate.
+# The readers see the file through _Bytes: the data with _PAD zero bytes appended, so that
+# every fixed-size read is one substr, with zeros past the end (and before the start).
+_PAD = 32
 
 
-def _int(raw: tf.Tensor, little: tf.Tensor) -> tf.Tensor:
+class _Bytes:
+    def __init__(self, data: tf.Tensor) -> None:
+        self.raw = data
+        self.data = tf.strings.join([data, b"\x00" * _PAD])
+        self.n = tf.cast(tf.strings.length(data), tf.int64)
+
+    def at(self, pos: tf.Tensor, size: int) -> tf.Tensor:
+        """int32 ``[size]`` (``size <= _PAD``): the bytes at ``pos``, zeros outside the file."""
+        pos = tf.cast(pos, tf.int64)
+        pos = tf.where((pos < 0) | (pos > self.n), self.n, pos)
+        raw = tf.io.decode_raw(tf.strings.substr(self.data, tf.cast(pos, tf.int32), size),
+                               tf.uint8)
+        return tf.reshape(tf.cast(raw, tf.int32), [size])
+
+    def starts_with(self, pattern: bytes, offset: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(self.data, offset, len(pattern)), pattern)
+
+    def occurrences(self, pattern: bytes, search: tf.Tensor) -> tf.Tensor:
+        """int64 ``[k]``: where ``pattern`` occurs, if ``search`` (one pass, no loop)."""
+        pieces = tf.strings.split(tf.where(search, self.raw, b""), sep=pattern)
+        ends = tf.cumsum(tf.cast(tf.strings.length(pieces), tf.int64) + len(pattern))
+        return ends[:-1] - len(pattern)
+
+
+def _int(raw: tf.Tensor, little: tf.Tensor | bool) -> tf.Tensor:
     """int64 of the bytes along the last axis of ``raw`` (int32), little or big endian."""
-    raw = tf.cast(raw, tf.int64)
     size = raw.shape[-1]
-    weights_le = tf.constant([256**i for i in range(size)], tf.int64)
-    weights_be = tf.reverse(weights_le, [0])
-    return tf.reduce_sum(raw * tf.where(little, weights_le, weights_be), axis=-1)
+    le = [256**i for i in range(size)]
+    weights = tf.where(little, tf.constant(le, tf.int64), tf.constant(le[::-1], tf.int64))
+    return tf.reduce_sum(tf.cast(raw, tf.int64) * weights, axis=-1)
 
 
 def _matches(raw: tf.Tensor, pattern: bytes) -> tf.Tensor:
     return tf.reduce_all(tf.equal(raw[: len(pattern)], tf.constant(list(pattern), tf.int32)))
 
 
-def _find(data: tf.Tensor, pattern: bytes) -> tf.Tensor:
-    """int64: where ``pattern`` first occurs in ``data``, -1 if it does not."""
-    pieces = tf.strings.split(data, sep=pattern, maxsplit=1)
-    return tf.where(tf.size(pieces) > 1, tf.cast(tf.strings.length(pieces[0]), tf.int64),
-                    tf.constant(-1, tf.int64))
+def _first(found: tf.Tensor, values: tf.Tensor, default: int | bool) -> tf.Tensor:
+    """The value at the first True of ``found`` (``default`` when there is none)."""
+    n = tf.size(found, tf.int64)
+    index = tf.reduce_min(tf.concat([tf.where(found, tf.range(n), n), [n]], axis=0))
+    return tf.concat([values, tf.constant([default], values.dtype)], axis=0)[index]
 
 
-def _no_span() -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)
-
-
-def _jpeg_exif_span_tf(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    n = tf.cast(tf.strings.length(data), tf.int64)
+def _jpeg_exif_span_tf(file: _Bytes, is_jpeg: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     no_length = tf.constant(sorted(_NO_LENGTH), tf.int32)
+    # An Exif segment starts 4 bytes before an b"Exif\0\0" that follows FF E1: the walk
+    # ends after the last such place (a file without one is not walked at all).
+    segments = file.occurrences(_EXIF_PREFIX, is_jpeg) - 4
+    markers = tf.strings.substr(file.data, tf.cast(tf.maximum(segments, 0), tf.int32),
+                                tf.fill(tf.shape(segments), 2))
+    last = tf.reduce_max(tf.concat(
+        [tf.where(tf.equal(markers, b"\xff\xe1") & (segments >= 2), segments, -1), [-1]], 0))
 
-    def cond(step, pos, start, end, done):
-        return ~done & (step < MAX_JPEG_STEPS) & (pos < n)
+    def cond(pos, start, end):
+        return (start < 0) & (pos <= last)
 
-    def body(step, pos, start, end, done):
-        b = _bytes_at(data, pos, 16)
+    def body(pos, start, end):
+        b = file.at(pos, 16)
         marker = b[1]
         length = tf.cast(b[2] * 256 + b[3], tf.int64)
         junk = tf.not_equal(b[0], 0xFF)
         plain = tf.equal(marker, 0xFF)
         two = tf.equal(marker, 0x00) | tf.reduce_any(tf.equal(marker, no_length))
-        stop = ~junk & ~plain & ~two & (tf.equal(marker, 0xDA) | (marker < 0xC0))
-        segment = ~junk & ~plain & ~two & ~stop
-        exif = segment & tf.equal(marker, 0xE1) & (start < 0) & _matches(b[4:], _EXIF_PREFIX)
+        segment = ~junk & ~plain & ~two
+        stop = segment & (tf.equal(marker, 0xDA) | (marker < 0xC0))
+        exif = segment & tf.equal(marker, 0xE1) & _matches(b[4:], _EXIF_PREFIX)
         twice = tf.cast(_matches(b[10:], _EXIF_PREFIX), tf.int64) * 6
         start = tf.where(exif, pos + 10 + twice, start)
-        end = tf.where(exif, tf.minimum(pos + 2 + length, n), end)
-        step_size = tf.where(junk | plain, tf.constant(1, tf.int64),
-                             tf.where(two, tf.constant(2, tf.int64), 2 + tf.maximum(length, 2)))
-        # Once the Exif segment is found nothing later changes the answer: stop there.
-        return step + 1, pos + step_size, start, end, done | stop | exif
+        end = tf.where(exif, tf.minimum(pos + 2 + length, file.n), end)
+        step = tf.where(junk | plain, tf.constant(1, tf.int64),
+                        tf.where(two, tf.constant(2, tf.int64), 2 + tf.maximum(length, 2)))
+        # The first Exif segment decides; the start of scan ends the walk (pos past last).
+        return tf.where(stop, last + 1, pos + step), start, end
 
-    start, end = _no_span()
-    init = (tf.constant(0), tf.constant(2, tf.int64), start, end, tf.constant(False))
-    _, _, start, end, _ = tf.while_loop(cond, body, init, maximum_iterations=MAX_JPEG_STEPS)
+    init = (tf.constant(2, tf.int64), tf.constant(-1, tf.int64), tf.constant(-1, tf.int64))
+    _, start, end = tf.while_loop(cond, body, init, maximum_iterations=MAX_JPEG_STEPS)
     return start, end
 
 
-def _png_exif_span_tf(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    n = tf.cast(tf.strings.length(data), tf.int64)
-    found = tf.stack([_find(data, pattern) for pattern in _PNG_EXIF_PATTERNS])
-    found = tf.where(found < 0, n, found)
-    pos = tf.reduce_min(found)
-    b = _bytes_at(data, pos - 4, 14)
-    length = _int(b[:4], tf.constant(False))
-    start = pos + 4 + tf.cast(_matches(b[8:], _EXIF_PREFIX), tf.int64) * 6
-    end = tf.minimum(pos + 4 + length, n)
-    missing = tf.equal(pos, n)
-    return tf.where(missing, tf.constant(-1, tf.int64), start), end
+def _png_exif_span_tf(file: _Bytes, is_png: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    # Every b"eXIf" in the file, then the first one followed by a TIFF header (optionally
+    # behind an Exif prefix): the same answer as the earliest of _PNG_EXIF_PATTERNS.
+    positions = file.occurrences(b"eXIf", is_png)
+    after = tf.strings.substr(file.data, tf.cast(positions + 4, tf.int32),
+                              tf.fill(tf.shape(positions), 10))
+    prefixed = tf.equal(tf.strings.substr(after, 0, 6), _EXIF_PREFIX)
+    tiff = tf.strings.substr(after, tf.where(prefixed, 6, 0), tf.fill(tf.shape(positions), 4))
+    valid = tf.equal(tiff, _TIFF_LE) | tf.equal(tiff, _TIFF_BE)
+    pos = _first(valid, positions, -1)
+    length = _int(file.at(pos - 4, 4), False)
+    start = pos + 4 + tf.cast(_first(valid, prefixed, False), tf.int64) * 6
+    found = pos >= 0
+    return tf.where(found, start, -1), tf.where(found, tf.minimum(pos + 4 + length, file.n), -1)
 
 
-def _webp_exif_span_tf(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    n = tf.cast(tf.strings.length(data), tf.int64)
-    extended = _matches(_bytes_at(data, 12, 4), b"VP8X")
+def _webp_exif_span_tf(file: _Bytes, is_webp: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    extended = is_webp & file.starts_with(b"VP8X", 12)
 
-    def cond(step, pos, start, end, done):
-        return ~done & (step < MAX_WEBP_CHUNKS) & (pos + 8 <= n)
+    def cond(pos, start, end):
+        return (start < 0) & (pos + 8 <= file.n)
 
-    def body(step, pos, start, end, done):
-        b = _bytes_at(data, pos, 14)
-        size = _int(b[4:8], tf.constant(True))
+    def body(pos, start, end):
+        b = file.at(pos, 14)
+        size = _int(b[4:8], True)
         exif = _matches(b, b"EXIF")
         twice = tf.cast(_matches(b[8:], _EXIF_PREFIX), tf.int64) * 6
         start = tf.where(exif, pos + 8 + twice, start)
-        end = tf.where(exif, tf.minimum(pos + 8 + size, n), end)
-        return step + 1, pos + 8 + size + size % 2, start, end, done | exif
+        end = tf.where(exif, tf.minimum(pos + 8 + size, file.n), end)
+        return pos + 8 + size + size % 2, start, end
 
-    start, end = _no_span()
-    init = (tf.constant(0), tf.constant(12, tf.int64), start, end, ~extended)
-    _, _, start, end, _ = tf.while_loop(cond, body, init, maximum_iterations=MAX_WEBP_CHUNKS)
+    init = (tf.where(extended, tf.constant(12, tf.int64), file.n),
+            tf.constant(-1, tf.int64), tf.constant(-1, tf.int64))
+    _, start, end = tf.while_loop(cond, body, init, maximum_iterations=MAX_WEBP_CHUNKS)
     return start, end
 
 
-def _tiff_orientation_tf(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.Tensor:
-    head = _bytes_at(data, start, 8)
+def _tiff_orientation_tf(file: _Bytes, start: tf.Tensor, end: tf.Tensor) -> tf.Tensor:
+    head = file.at(start, 8)
     little = _matches(head, _TIFF_LE)
     ok = (start >= 0) & (end - start >= 8) & (little | _matches(head, _TIFF_BE))
     ifd = start + _int(head[4:8], little)
     ok &= ifd + 2 <= end
-    count = tf.minimum(_int(_bytes_at(data, ifd, 2), little), (end - ifd - 2) // 12)
-    count = tf.where(ok, tf.maximum(count, 0), tf.zeros_like(count))
-    # Every entry inside the block at once (at most 65535 entries of 12 bytes).
-    table = tf.strings.substr(data, tf.cast(tf.where(ok, ifd + 2, 0), tf.int32),
+    count = tf.minimum(_int(file.at(ifd, 2), little), (end - ifd - 2) // 12)
+    count = tf.where(ok, tf.maximum(count, 0), 0)
+    # Every entry inside the block at once (at most 65535 entries of 12 bytes), read as
+    # 16-bit (tag, type) and 32-bit (count, value or offset) words in the file's order.
+    table = tf.strings.substr(file.data, tf.cast(tf.where(ok, ifd + 2, 0), tf.int32),
                               tf.cast(12 * count, tf.int32))
-    entries = tf.reshape(tf.cast(tf.io.decode_raw(table, tf.uint8), tf.int32), [-1, 12])
-    tags = _int(entries[:, 0:2], little)
-    kinds = _int(entries[:, 2:4], little)
+    words16 = tf.where(little, tf.io.decode_raw(table, tf.uint16, little_endian=True),
+                       tf.io.decode_raw(table, tf.uint16, little_endian=False))
+    words16 = tf.reshape(tf.cast(words16, tf.int64), [-1, 6])
+    words32 = tf.where(little, tf.io.decode_raw(table, tf.int32, little_endian=True),
+                       tf.io.decode_raw(table, tf.int32, little_endian=False))
+    words32 = tf.reshape(tf.cast(words32, tf.int64) % 2**32, [-1, 3])
+    tags, kinds = words16[:, 0], words16[:, 1]
     units_table = tf.constant([_TIFF_UNIT.get(k, 0) for k in range(18)], tf.int64)
-    units = tf.gather(units_table, tf.clip_by_value(kinds, 0, 17))
-    units = tf.where(kinds > 17, tf.zeros_like(units), units)
-    sizes = _int(entries[:, 4:8], little) * units
-    inline = sizes <= 4
-    positions = ifd + 2 + 12 * tf.range(tf.shape(entries, out_type=tf.int64)[0]) + 8
-    where = tf.where(inline, positions, start + _int(entries[:, 8:12], little))
+    units = tf.gather(units_table, tf.minimum(kinds, 17)) * tf.cast(kinds <= 17, tf.int64)
+    sizes = words32[:, 1] * units
+    inline = ifd + 2 + 12 * tf.range(tf.size(tags, tf.int64)) + 8
+    where = tf.where(sizes <= 4, inline, start + words32[:, 2])
     stored = tf.equal(tags, ORIENTATION_TAG) & (sizes > 0) & (where + sizes <= end)
-    # The first stored orientation entry decides (index n, past the end, when none).
-    n = tf.size(tags, out_type=tf.int64)
-    first = tf.reduce_min(tf.concat([tf.where(stored, tf.range(n), n), [n]], axis=0))
-    kind = tf.concat([kinds, [0]], axis=0)[first]
-    at = tf.concat([where, [0]], axis=0)[first]
-    raw = _bytes_at(data, at, 8)
-    unit = tf.gather(units_table, tf.clip_by_value(kind, 0, 17))
-    value = tf.where(tf.equal(unit, 1), tf.cast(raw[0], tf.int64),
-                     tf.where(tf.equal(unit, 2), _int(raw[:2], little),
-                              tf.where(tf.equal(unit, 4), _int(raw[:4], little),
-                                       _int(raw, little))))
+    # The first stored orientation entry decides: its first value, ``unit`` bytes at
+    # ``where`` in the file's byte order, when its type is an integer one.
+    kind = _first(stored, kinds, 0)
+    unit = tf.gather(units_table, tf.minimum(kind, 17))
+    index = tf.range(8, dtype=tf.int64)
+    shift = tf.where(little, index, unit - 1 - index) * 8
+    weights = tf.where(index < unit, tf.bitwise.left_shift(tf.ones_like(index), shift), 0)
+    value = tf.reduce_sum(tf.cast(file.at(_first(stored, where, 0), 8), tf.int64) * weights)
     integer = tf.reduce_any(tf.equal(kind, tf.constant(_INTEGER_TYPES, tf.int64)))
-    good = integer & (value >= 1) & (value <= 8)
-    return tf.cast(tf.where(good, value, 1), tf.int32)
+    return tf.cast(tf.where(integer & (value >= 1) & (value <= 8), value, 1), tf.int32)
 
 
-def _format_flags(data: tf.Tensor) -> dict[str, tf.Tensor]:
-    head = _bytes_at(data, 0, 12)
+def _format_flags(file: _Bytes) -> dict[str, tf.Tensor]:
     return {
-        "jpeg": _matches(head, _JPEG_SOI),
-        "png": _matches(head, _PNG_SIGNATURE),
-        "gif": _matches(head, b"GIF87a") | _matches(head, b"GIF89a"),
-        "bmp": _matches(head, b"BM"),
-        "webp": _matches(head, b"RIFF") & _matches(head[8:], b"WEBP"),
+        "jpeg": file.starts_with(_JPEG_SOI),
+        "png": file.starts_with(_PNG_SIGNATURE),
+        "gif": file.starts_with(b"GIF87a") | file.starts_with(b"GIF89a"),
+        "bmp": file.starts_with(b"BM"),
+        "webp": file.starts_with(b"RIFF") & file.starts_with(b"WEBP", 8),
     }
 
 
+@tf.autograph.experimental.do_not_convert
 def exif_orientation_tf(encoded: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation of an encoded image, in the graph (int32 scalar, 1..8).
 
@@ -432,20 +455,16 @@ def exif_orientation_tf(encoded: tf.Tensor) -> tf.Tensor:
         >>> int(exif_orientation_tf(tf.constant(b"\\xff\\xd8\\xff\\xd9")))
         1
     """
-    data = tf.convert_to_tensor(encoded, tf.string)
-    flags = _format_flags(data)
-    start, end = tf.case(
-        [
-            (flags["jpeg"], lambda: _jpeg_exif_span_tf(data)),
-            (flags["png"], lambda: _png_exif_span_tf(data)),
-            (flags["webp"], lambda: _webp_exif_span_tf(data)),
-        ],
-        default=_no_span,
-    )
-    return tf.cond(start >= 0, lambda: _tiff_orientation_tf(data, start, end),
-                   lambda: tf.constant(1, tf.int32))
+    file = _Bytes(tf.convert_to_tensor(encoded, tf.string))
+    flags = _format_flags(file)
+    spans = [_jpeg_exif_span_tf(file, flags["jpeg"]), _png_exif_span_tf(file, flags["png"]),
+             _webp_exif_span_tf(file, flags["webp"])]
+    start = tf.reduce_max(tf.stack([span[0] for span in spans]))  # at most one is not -1
+    end = tf.reduce_max(tf.stack([span[1] for span in spans]))
+    return _tiff_orientation_tf(file, start, end)
 
 
+@tf.autograph.experimental.do_not_convert
 def image_size_tf(encoded: tf.Tensor) -> tf.Tensor:
     """``[height, width]`` (int64) of an encoded image from its header, in the graph.
 
@@ -464,54 +483,42 @@ def image_size_tf(encoded: tf.Tensor) -> tf.Tensor:
         [10000, 20000]
     """
     data = tf.convert_to_tensor(encoded, tf.string)
-    flags = _format_flags(data)
-    head = _bytes_at(data, 0, 30)
-    little, big = tf.constant(True), tf.constant(False)
+    file = _Bytes(data)
+    flags = _format_flags(file)
+    head = file.at(0, 30)
+    le = lambda a, b: _int(head[a:b], True)  # noqa: E731
+    be = lambda a, b: _int(head[a:b], False)  # noqa: E731
+    long_enough = lambda k: file.n >= k  # noqa: E731
     zero = tf.zeros([2], tf.int64)
-    long_enough = lambda k: tf.strings.length(data) >= k  # noqa: E731
-
-    def png():
-        ok = long_enough(24) & _matches(head[12:], b"IHDR")
-        size = tf.stack([_int(head[20:24], big), _int(head[16:20], big)])
-        return tf.where(ok, size, zero)
-
-    def gif():
-        size = tf.stack([_int(head[8:10], little), _int(head[6:8], little)])
-        return tf.where(long_enough(10), size, zero)
-
-    def bmp():
-        def signed(raw):
-            value = _int(raw, little)
-            return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
-
-        size = tf.stack([signed(head[22:26]), signed(head[18:22])])
-        return tf.where(long_enough(26), size, zero)
-
-    def webp():
-        vp8x = tf.stack([_int(head[27:30], little) + 1, _int(head[24:27], little) + 1])
-        bits = _int(head[21:25], little)
-        vp8l = tf.stack([bits // 2**14 % 2**14 + 1, bits % 2**14 + 1])
-        vp8 = tf.stack([_int(head[28:30], little) % 2**14, _int(head[26:28], little) % 2**14])
-        return tf.where(
-            ~long_enough(30), zero,
-            tf.where(_matches(head[12:], b"VP8X"), vp8x,
-                     tf.where(_matches(head[12:], b"VP8L") & tf.equal(head[20], 0x2F), vp8l,
-                              tf.where(_matches(head[12:], b"VP8 ")
-                                       & _matches(head[23:], b"\x9d\x01\x2a"), vp8, zero))))
-
-    return tf.case(
-        [
-            (flags["jpeg"],
-             lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
-            (flags["png"], png),
-            (flags["gif"], gif),
-            (flags["bmp"], bmp),
-            (flags["webp"], webp),
-        ],
-        default=lambda: zero,
-    )
+    sizes = [
+        zero,
+        tf.where(long_enough(24) & file.starts_with(b"IHDR", 12),
+                 tf.stack([be(20, 24), be(16, 20)]), zero),  # PNG: IHDR
+        tf.where(long_enough(10), tf.stack([le(8, 10), le(6, 8)]), zero),  # GIF screen
+        tf.where(long_enough(26), tf.abs(tf.stack([                          # BMP (signed)
+            le(22, 26) - tf.cast(le(22, 26) >= 2**31, tf.int64) * 2**32,
+            le(18, 22) - tf.cast(le(18, 22) >= 2**31, tf.int64) * 2**32])), zero),
+    ]
+    vp8x = tf.stack([le(27, 30) + 1, le(24, 27) + 1])
+    bits = le(21, 25)
+    vp8l = tf.stack([bits // 2**14 % 2**14 + 1, bits % 2**14 + 1])
+    vp8 = tf.stack([le(28, 30) % 2**14, le(26, 28) % 2**14])
+    sizes.append(tf.where(
+        ~long_enough(30), zero,
+        tf.where(file.starts_with(b"VP8X", 12), vp8x,
+                 tf.where(file.starts_with(b"VP8L", 12) & tf.equal(head[20], 0x2F), vp8l,
+                          tf.where(file.starts_with(b"VP8 ", 12)
+                                   & file.starts_with(b"\x9d\x01\x2a", 23), vp8, zero)))))
+    kind = tf.where(flags["png"], 1, tf.where(flags["gif"], 2, tf.where(
+        flags["bmp"], 3, tf.where(flags["webp"], 4, 0))))
+    other = tf.gather(tf.stack(sizes), kind)
+    # A JPEG's size is libjpeg's own reading of its header (it fails where decoding would).
+    return tf.cond(flags["jpeg"],
+                   lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
+                   lambda: other)
 
 
+@tf.autograph.experimental.do_not_convert
 def image_pixels_tf(encoded: tf.Tensor) -> tf.Tensor:
     """``height * width`` (int64 scalar) from the header (see :func:`image_size_tf`).
 

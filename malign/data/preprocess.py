@@ -199,6 +199,7 @@ def _orientation_steps(orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf
     return transpose, flip_lr, flip_ud
 
 
+@tf.autograph.experimental.do_not_convert
 def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     """Turns a stored image upright as its EXIF orientation says (PIL's ``exif_transpose``).
 
@@ -237,6 +238,7 @@ def _decode_stored(encoded: tf.Tensor, accurate_jpeg: bool) -> tf.Tensor:
     return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
+@tf.autograph.experimental.do_not_convert
 def decode_image(encoded: tf.Tensor, accurate_jpeg: bool = False,
                  orient: bool = True) -> tf.Tensor:
     """Decodes a JPEG/PNG (also GIF/BMP/WebP) file into uint8 RGB ``[H, W, 3]``, upright.
@@ -376,6 +378,7 @@ def eval_crop(image: tf.Tensor, size: int, eval_resize: str = DEFAULT_EVAL_RESIZ
     return _finish(window, size)
 
 
+@tf.autograph.experimental.do_not_convert
 def decode_and_crop(
     encoded: tf.Tensor,
     size: int,
@@ -413,10 +416,12 @@ def decode_and_crop(
     if check_eval_resize(eval_resize) == "square" and not training:
         return eval_crop(decode_image(encoded, accurate_jpeg=True), size, eval_resize)
 
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    orientation = exif_orientation_tf(encoded)
+
     def jpeg_path() -> tf.Tensor:
         # The window is chosen in the upright image and mapped back to the stored frame, so
         # that only the window is decoded and the crop equals cropping the upright image.
-        orientation = exif_orientation_tf(encoded)
         transpose, flip_lr, flip_ud = _orientation_steps(orientation)
         stored = tf.image.extract_jpeg_shape(encoded)
         height = tf.where(transpose, stored[1], stored[0])
@@ -432,7 +437,9 @@ def decode_and_crop(
         return _finish(window, size)
 
     def other_path() -> tf.Tensor:
-        image = decode_image(encoded)
+        image = _decode_stored(encoded, accurate_jpeg=False)
+        image.set_shape([None, None, 3])
+        image = apply_orientation(image, orientation)
         shape = tf.shape(image)
         top, left, side = _window(shape[0], shape[1], size, seed if training else None)
         return _finish(tf.image.crop_to_bounding_box(image, top, left, side, side), size)
