@@ -23,7 +23,7 @@ has that tower's signature, and ``serving_default`` is the same function.
 Bad input fails the request with ``INVALID_ARGUMENT`` and a message that names the
 element: ``image_bytes[3] (12 bytes) is not a JPEG, PNG, GIF, BMP or WebP file``,
 ``image_bytes[0] (1874 bytes) is a truncated JPEG (no end-of-image marker)``,
-``image_bytes[1] (4113 bytes) is 20000x20000 = 400000000 pixels, over the limit of 67108864
+``image_bytes[1] (391865 bytes) is 20000x20000 = 400000000 pixels, over the limit of 67108864
 pixels`` (read from the header, before decoding; ``max_image_pixels``),
 ``text[1] is not valid UTF-8``. An empty caption embeds as ``[CLS] [SEP]``; a batch of zero
 rows gives zero rows.
@@ -174,7 +174,7 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
     JPEG, PNG, GIF, BMP or WebP file``. Then each header's size is read
     (:func:`malign.data.image_header.image_size_tf`) and an image with more than
     ``max_image_pixels`` pixels fails the request before anything is decoded:
-    ``image_bytes[0] (4113 bytes) is 20000x20000 = 400000000 pixels, over the limit of
+    ``image_bytes[0] (391865 bytes) is 20000x20000 = 400000000 pixels, over the limit of
     67108864 pixels``. Bytes that pass these checks but are corrupt inside fail in
     TensorFlow's decoder with its own ``InvalidArgumentError`` ("Invalid JPEG data ...").
 

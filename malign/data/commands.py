@@ -164,7 +164,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
             "image, caption (a string or a list), lang and optionally image_id, or CSV/TSV "
             "with a header naming the same columns. Rows of one image become one record. "
             "Rows with a missing or corrupt image, an empty caption or invalid UTF-8 are "
-            "skipped and counted."
+            "skipped and counted, and so are images over --max-image-pixels other than JPEGs "
+            "(those are stored downsized). Images keep their EXIF orientation, which training, "
+            "evaluation and the exported model apply."
         ),
     )
     build.add_argument("--input", nargs="+", required=True, metavar="JSONL|CSV")
