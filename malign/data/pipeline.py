@@ -12,8 +12,8 @@ are empty or not valid UTF-8 are ignored, and a record left without a caption is
 ("no usable caption", or "no caption in languages" when a language filter removed them all).
 An image that passes the screen but still fails to decode is dropped too, and so is an image
 whose header says it has more than ``max_image_pixels`` pixels ("image too large"; default
-:data:`malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS`), before anything is decoded:
-records written by ``malign data build`` never exceed the same default. Each drop is
+:data:`malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS`), before anything is decoded
+(``malign data build`` stores nothing over the same limit). Each drop is
 counted and logged to stderr with the running totals (every drop up to 10, then at powers of
 two); pass a :class:`DropCounter` to read the totals from Python. A damaged shard file (cut
 short by an interrupted copy) is read up to the damage: local shards are checked when the
@@ -55,7 +55,7 @@ DEFAULT_SHUFFLE_BUFFER = 4096
 DROP_REASONS = ("undecodable image", "no usable caption", "no caption in languages",
                 "image too large")
 _OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE, _TOO_LARGE = 0, 1, 2, 3, 4
-# Count slots: records read, the three drop reasons, captions ignored inside kept records.
+# Count slots: records read, the drop reasons, captions ignored inside kept records.
 _SLOTS = ("records read",) + DROP_REASONS + ("captions ignored",)
 # The dataset functions below use explicit tf.cond/tf.case: AutoGraph has nothing to convert
 # (and cannot parse some of the lambdas), so it is switched off for them.
