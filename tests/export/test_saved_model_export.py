@@ -430,7 +430,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png(samples: np.ndarray, bit_depth: int, color_type: int, exif: bytes = b"") -> bytes:
+def _hand_png(samples: np.ndarray, bit_depth: int, color_type: int, exif: bytes = b"") -> bytes:
     """A PNG written by hand: PIL cannot write 16-bit grey with an eXIf chunk."""
     import struct
     import zlib
@@ -483,14 +483,14 @@ def test_served_images_are_upright_16bit_aware_and_size_limited(setup):
     model = setup["model"]
     y, x = np.mgrid[0:40, 0:56]
     upright = np.stack([x * 4, y * 6, 255 - x * 2 - y * 3], -1).astype(np.uint8)
-    pngs = [_png(_stored_for(upright, o), 8, 2, exif=_tiff_orientation(o)) for o in range(1, 9)]
+    pngs = [_hand_png(_stored_for(upright, o), 8, 2, exif=_tiff_orientation(o)) for o in range(1, 9)]
     out = io.BytesIO()
     Image.fromarray(_stored_for(upright, 6)).save(out, "JPEG", quality=95,
                                                   exif=b"Exif\x00\x00" + _tiff_orientation(6))
     jpeg6 = out.getvalue()
     stripes = np.where(np.indices((30, 44))[1] % 2 == 0, 30000, 10000)
-    grey16 = _png(stripes, 16, 0)
-    grey16_turned = _png(_stored_for(stripes[..., None], 8)[..., 0], 16, 0,
+    grey16 = _hand_png(stripes, 16, 0)
+    grey16_turned = _hand_png(_stored_for(stripes[..., None], 8)[..., 0], 16, 0,
                          exif=_tiff_orientation(8))
     images = pngs + [jpeg6, grey16, grey16_turned]
     huge = _huge_png()
