@@ -23,6 +23,8 @@ has that tower's signature, and ``serving_default`` is the same function.
 Bad input fails the request with ``INVALID_ARGUMENT`` and a message that names the
 element: ``image_bytes[3] (12 bytes) is not a JPEG, PNG, GIF, BMP or WebP file``,
 ``image_bytes[0] (1874 bytes) is a truncated JPEG (no end-of-image marker)``,
+``image_bytes[1] (391865 bytes) is 20000x20000 = 400000000 pixels, over the limit of 67108864
+pixels`` (read from the header, before decoding; ``max_image_pixels``),
 ``text[1] is not valid UTF-8``. An empty caption embeds as ``[CLS] [SEP]``; a batch of zero
 rows gives zero rows.
 
@@ -62,6 +64,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from malign.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, image_size_tf
 from malign.data.preprocess import (
     ALIGN_CROP,
     ALIGN_RESIZE,
@@ -134,8 +137,11 @@ def _contains(strings: tf.Tensor, marker: bytes) -> tf.Tensor:
     return tf.strings.split(strings, sep=marker, maxsplit=1).row_lengths() > 1
 
 
+_SEND_FILES = "send the raw bytes of JPEG, PNG, GIF, BMP or WebP files"
+
+
 def _bad_image_message(image_bytes: tf.Tensor, bad: tf.Tensor, reason: tf.Tensor,
-                       input_name: str) -> tf.Tensor:
+                       input_name: str, advice: str = _SEND_FILES) -> tf.Tensor:
     """``"image_bytes[3] (12 bytes) is ...; image_bytes[7] ... [2 of 8 images are bad; ...]"``."""
     index = tf.where(bad)[:, 0]
     shown = index[:_SHOWN_BAD]
@@ -148,26 +154,29 @@ def _bad_image_message(image_bytes: tf.Tensor, bad: tf.Tensor, reason: tf.Tensor
     total = tf.strings.as_string(tf.size(bad))
     return tf.strings.join([
         tf.strings.reduce_join(parts, separator="; "),
-        " [", count, " of ", total, " images are bad; send the raw bytes of JPEG, PNG, GIF, "
-        "BMP or WebP files]",
+        " [", count, " of ", total, f" images are bad; {advice}]",
     ])
 
 
 def decode_images(image_bytes: tf.Tensor, image_size: int,
                   input_name: str = IMAGE_INPUT,
-                  eval_resize: str = DEFAULT_EVAL_RESIZE) -> tf.Tensor:
+                  eval_resize: str = DEFAULT_EVAL_RESIZE,
+                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
     """Decodes and centre-crops a batch of encoded images exactly as evaluation does.
 
     Each element goes through :func:`malign.data.preprocess.decode_and_crop` with
-    ``training=False`` (shorter side, or with ``eval_resize="square"`` both sides, resized
-    to ``round(size * 346 / 289)``, centre ``size x size`` crop, values in [0, 1]). Before
-    decoding, the batch is checked: every
+    ``training=False`` (EXIF orientation applied, shorter side, or with
+    ``eval_resize="square"`` both sides, resized to ``round(size * 346 / 289)``, centre
+    ``size x size`` crop, values in [0, 1]). Before decoding, the batch is checked: every
     element must start with a JPEG, PNG, GIF, BMP or WebP signature, and a JPEG must contain
     its end-of-image marker and a PNG its ``IEND`` chunk (a truncated upload). Otherwise an
     ``InvalidArgumentError`` names the bad elements, e.g. ``image_bytes[3] (12 bytes) is not a
-    JPEG, PNG, GIF, BMP or WebP file``. Bytes that pass these checks but are corrupt
-    inside fail in TensorFlow's decoder with its own ``InvalidArgumentError`` ("Invalid
-    JPEG data ...").
+    JPEG, PNG, GIF, BMP or WebP file``. Then each header's size is read
+    (:func:`malign.data.image_header.image_size_tf`) and an image with more than
+    ``max_image_pixels`` pixels fails the request before anything is decoded:
+    ``image_bytes[0] (391865 bytes) is 20000x20000 = 400000000 pixels, over the limit of
+    67108864 pixels``. Bytes that pass these checks but are corrupt inside fail in
+    TensorFlow's decoder with its own ``InvalidArgumentError`` ("Invalid JPEG data ...").
 
     Args:
         image_bytes: string ``[N]``, each element an encoded image file.
@@ -175,6 +184,7 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
         input_name: the input's name in error messages.
         eval_resize: "shorter_side" or "square", the model's
             (``malign.data.preprocess.model_eval_resize(model)``).
+        max_image_pixels: the largest width x height accepted; None for no limit.
 
     Returns:
         float32 ``[N, image_size, image_size, 3]`` in [0, 1].
@@ -225,6 +235,8 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
         )
         with tf.control_dependencies([check]):
             image_bytes = tf.identity(image_bytes)
+        if max_image_pixels is not None:
+            image_bytes = _check_image_pixels(image_bytes, int(max_image_pixels), input_name)
         images = tf.map_fn(
             lambda encoded: decode_and_crop(encoded, image_size, training=False,
                                             eval_resize=eval_resize),
@@ -234,6 +246,28 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
         )
     images.set_shape([None, image_size, image_size, 3])
     return images
+
+
+def _check_image_pixels(image_bytes: tf.Tensor, limit: int, input_name: str) -> tf.Tensor:
+    """Fails with ``image_bytes[i] (n bytes) is WxH = P pixels, over the limit of L pixels``
+    for images whose header says more than ``limit`` pixels; reads headers only."""
+    sizes = tf.map_fn(image_size_tf, image_bytes,
+                      fn_output_signature=tf.TensorSpec([2], tf.int64), name="image_sizes")
+    sizes = tf.reshape(sizes, [-1, 2])
+    pixels = sizes[:, 0] * sizes[:, 1]
+    over = pixels > limit
+    reason = tf.strings.join([
+        "is ", tf.strings.as_string(sizes[:, 1]), "x", tf.strings.as_string(sizes[:, 0]),
+        " = ", tf.strings.as_string(pixels), f" pixels, over the limit of {limit} pixels",
+    ])
+    check = tf.debugging.Assert(
+        ~tf.reduce_any(over),
+        [_bad_image_message(image_bytes, over, reason, input_name,
+                            advice=f"send images of at most {limit} pixels (width x height)")],
+        name="check_image_pixels",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
 
 
 def _check_text(text: tf.Tensor, input_name: str = TEXT_INPUT) -> tf.Tensor:
@@ -280,9 +314,11 @@ class _ServingModule(tf.Module):
     """
 
     def __init__(self, model: Any, tokenizer: Any, towers: tuple[str, ...],
-                 vocabulary_file: str | None) -> None:
+                 vocabulary_file: str | None,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         super().__init__(name="malign_serving")
         self._ref = _Untracked(model)  # not tracked: only the exported parts are saved
+        self._max_image_pixels = _Untracked(max_image_pixels)
         self.towers = tuple(towers)
         for tower in towers:
             part = getattr(model, f"{tower}_tower", None)
@@ -305,7 +341,8 @@ class _ServingModule(tf.Module):
     def embed_image(self, image_bytes: tf.Tensor) -> tf.Tensor:
         model = self._ref.obj
         images = decode_images(image_bytes, int(model.image_size),
-                               eval_resize=model_eval_resize(model))
+                               eval_resize=model_eval_resize(model),
+                               max_image_pixels=self._max_image_pixels.obj)
         return self._ref.obj.embed_image(images, training=False)
 
     def logits(self, image_embeddings: tf.Tensor, text_embeddings: tf.Tensor) -> tf.Tensor:
@@ -565,7 +602,8 @@ def _signature_table(towers: tuple[str, ...], dim: int) -> dict[str, Any]:
 
 
 def _model_card(model: Any, towers: tuple[str, ...], version: int, tokenizer_info: dict | None,
-                extra: Mapping[str, Any] | None) -> dict[str, Any]:
+                extra: Mapping[str, Any] | None,
+                max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Any]:
     import malign
 
     dim = int(model.embedding_dim)
@@ -597,8 +635,11 @@ def _model_card(model: Any, towers: tuple[str, ...], version: int, tokenizer_inf
             "image_size": size,
             "eval_resize": mode,
             "formats": ["jpeg", "png", "gif", "bmp", "webp"],
+            "max_image_pixels": max_image_pixels,
             "preprocessing": (
-                f"decode to RGB (first frame of an animation), {resize}, centre crop "
+                "decode to 8-bit RGB (first frame of an animation; 16-bit samples keep their "
+                "high byte; alpha dropped), turn upright by the EXIF orientation (JPEG, PNG, "
+                f"WebP), {resize}, centre crop "
                 f"{size}x{size}, divide by 255; the model normalises further itself. Equal to "
                 "`malign eval` (malign.data.preprocess.decode_and_crop, training=False, "
                 f"eval_resize={mode!r})."
@@ -626,7 +667,8 @@ def _model_card(model: Any, towers: tuple[str, ...], version: int, tokenizer_inf
     card["serving"] = {
         "runtime": "any TensorFlow runtime with tensorflow-text ops (TF Serving 2.x images "
                    "include them); malign is not needed",
-        "errors": "undecodable images and non-UTF-8 captions fail the request with "
+        "errors": "undecodable images, images over image.max_image_pixels (width x height, "
+                  "read from the header) and non-UTF-8 captions fail the request with "
                   "INVALID_ARGUMENT naming the element, e.g. image_bytes[3]",
     }
     if extra:
@@ -654,6 +696,7 @@ def export_saved_model(
     *,
     overwrite: bool = False,
     verify: bool = True,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Path:
     """Writes a TF Serving SavedModel of a model's towers to ``export_dir/<version>/``.
 
@@ -676,6 +719,9 @@ def export_saved_model(
         verify: load the SavedModel back and check that its embeddings equal the Keras
             model's on probe captions and JPEG/PNG images (within 1e-4); the figures go into
             the card under ``export_check``.
+        max_image_pixels: ``embed_image`` refuses images whose header says more pixels
+            (width x height) with INVALID_ARGUMENT, before decoding them; recorded in the
+            card as ``image.max_image_pixels``. None for no limit.
 
     Returns:
         The version directory.
@@ -726,14 +772,15 @@ def export_saved_model(
             vocabulary_file = staging / name
             vocabulary_file.write_bytes(data)
         module = _ServingModule(model, tokenizer, towers,
-                                None if vocabulary_file is None else str(vocabulary_file))
+                                None if vocabulary_file is None else str(vocabulary_file),
+                                max_image_pixels)
         signatures = _signatures(module)
         tf.saved_model.save(module, str(saved), signatures=signatures)
         extra_dir = saved / "assets.extra"
         extra_dir.mkdir(exist_ok=True)
         if vocabulary_file is not None:
             shutil.copyfile(vocabulary_file, extra_dir / vocabulary_file.name)
-        card = _model_card(model, towers, version, tokenizer_info, model_card)
+        card = _model_card(model, towers, version, tokenizer_info, model_card, max_image_pixels)
         card["export_seconds"] = round(time.perf_counter() - started, 2)
         if verify:
             card["export_check"] = _verify(saved, model, tokenizer, towers)

@@ -4,7 +4,10 @@
 - :mod:`malign.data.writer`: writing shards from caption rows, skipping and counting bad rows.
 - :mod:`malign.data.multi30k`: Multi30K in its own layout (task1 and task2).
 - :mod:`malign.data.synthetic`: drawn scenes with en/de/fr/cs captions for the demo.
-- :mod:`malign.data.preprocess`: decode and ALIGN crops, pure TF ops.
+- :mod:`malign.data.image_header`: size and EXIF orientation from an image's header, in
+  Python and as graph ops; the pixel limit :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+- :mod:`malign.data.preprocess`: decode (upright, any PNG mode to 8-bit RGB) and ALIGN crops,
+  pure TF ops.
 - :mod:`malign.data.pipeline`: :func:`make_dataset` and :func:`read_eval_split`.
 
 ``malign data build|multi30k|synthetic|inspect`` are the command-line front ends.
@@ -19,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+from malign.data.image_header import DEFAULT_MAX_IMAGE_PIXELS
 from malign.data.multi30k import multi30k_rows, write_multi30k
 from malign.data.pipeline import (
     DEFAULT_SHUFFLE_BUFFER,
@@ -33,6 +37,7 @@ from malign.data.pipeline import (
 from malign.data.preprocess import (
     EVAL_RESIZE_MODES,
     EVAL_RESIZE_RATIO,
+    apply_orientation,
     decode_and_crop,
     decode_image,
     eval_crop,
@@ -51,6 +56,7 @@ from malign.data.writer import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_SHUFFLE_BUFFER",
     "DROP_REASONS",
     "EVAL_RESIZE_MODES",
@@ -62,6 +68,7 @@ __all__ = [
     "ImageTextExample",
     "RecordWriter",
     "WriteStats",
+    "apply_orientation",
     "check_shard",
     "decode_and_crop",
     "decode_image",

@@ -21,8 +21,24 @@ def _languages(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()]
 
 
+def _pixels(value: str) -> int:
+    """A positive pixel count (``67108864``, ``64e6`` or ``64M`` = 64 * 2**20)."""
+    text = value.strip().replace("_", "").replace(",", "")
+    scale = 1
+    if text[-1:].upper() == "M":
+        text, scale = text[:-1], 1 << 20
+    try:
+        number = float(text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {value!r}") from None
+    if not number >= 1 or number != int(number):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, got {value!r}")
+    return int(number)
+
+
 def _write_options(args: argparse.Namespace) -> dict:
     return {
+        "max_image_pixels": args.max_image_pixels,
         "max_image_side": args.max_image_side,
         "sequence_length": args.sequence_length,
         "sentencepiece_model": args.vocab,
@@ -81,6 +97,7 @@ def _inspect(args: argparse.Namespace) -> int:
     split = read_eval_split(
         args.pattern, image_size=args.image_size, batch_size=64,
         languages=_languages(args.languages), verbose=False,
+        max_image_pixels=args.max_image_pixels,
     )
     print(split.summary())
     shown = 0
@@ -99,12 +116,30 @@ def _add_write_options(parser: argparse.ArgumentParser) -> None:
                         help="number of shard files (a multiple of the number of hosts)")
     parser.add_argument("--max-image-side", type=int, default=None, metavar="PIXELS",
                         help="downscale images whose shorter side is larger (re-encodes JPEG)")
+    _add_max_pixels(
+        parser,
+        "images with more pixels (width x height, read from the header) are not stored as "
+        "they are: JPEGs are decoded scaled down and stored downsized (to --max-image-side, "
+        "else to fit), other formats skipped as 'image too large'. Raise it to let the writer "
+        "decode bigger images (and pass --max-image-side to store them smaller)",
+    )
     parser.add_argument("--sequence-length", type=int, default=64,
                         help="tokenizer length, for counting captions that will be truncated")
     parser.add_argument("--vocab", default=None, metavar="MODEL",
                         help="SentencePiece model for an exact count of long captions")
     parser.add_argument("--workers", type=int, default=None, help="image-reading threads")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+# malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS (a test checks), written out so that
+# building the parser does not import TensorFlow.
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 26
+
+
+def _add_max_pixels(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        metavar="N", help=f"{text} (default {DEFAULT_MAX_IMAGE_PIXELS} = 64M, "
+                        "an 8192x8192 image; also 64M or 64e6)")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -129,7 +164,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
             "image, caption (a string or a list), lang and optionally image_id, or CSV/TSV "
             "with a header naming the same columns. Rows of one image become one record. "
             "Rows with a missing or corrupt image, an empty caption or invalid UTF-8 are "
-            "skipped and counted."
+            "skipped and counted, and so are images over --max-image-pixels other than JPEGs "
+            "(those are stored downsized). Images keep their EXIF orientation, which training, "
+            "evaluation and the exported model apply."
         ),
     )
     build.add_argument("--input", nargs="+", required=True, metavar="JSONL|CSV")
@@ -188,6 +225,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--languages", default=None)
     inspect.add_argument("--image-size", type=int, default=64)
     inspect.add_argument("--examples", type=int, default=5, help="captions to print")
+    _add_max_pixels(inspect, "count records whose image has more pixels (from the header) "
+                    "as 'image too large', as training and evaluation drop them")
     inspect.add_argument("--strict", action="store_true",
                          help="exit with status 1 when a record is dropped or a shard damaged")
     inspect.set_defaults(func=_inspect)

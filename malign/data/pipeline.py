@@ -10,7 +10,10 @@ Bad records never stop a run and are never silent. Before decoding, each record 
 an image that is not a complete JPEG/PNG file is dropped ("undecodable image"), captions that
 are empty or not valid UTF-8 are ignored, and a record left without a caption is dropped
 ("no usable caption", or "no caption in languages" when a language filter removed them all).
-An image that passes the screen but still fails to decode is dropped too. Each drop is
+An image that passes the screen but still fails to decode is dropped too, and so is an image
+whose header says it has more than ``max_image_pixels`` pixels ("image too large"; default
+:data:`malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS`), before anything is decoded
+(``malign data build`` stores nothing over the same limit). Each drop is
 counted and logged to stderr with the running totals (every drop up to 10, then at powers of
 two); pass a :class:`DropCounter` to read the totals from Python. A damaged shard file (cut
 short by an interrupted copy) is read up to the damage: local shards are checked when the
@@ -37,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from malign.data import schema
+from malign.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, image_pixels_tf
 from malign.data.preprocess import (
     DEFAULT_EVAL_RESIZE,
     check_eval_resize,
@@ -47,10 +51,11 @@ from malign.data.preprocess import (
 
 #: Records held for shuffling; memory is about this times the mean encoded image size.
 DEFAULT_SHUFFLE_BUFFER = 4096
-#: Why a record is dropped, in the order of :class:`DropCounter` slots 1..3.
-DROP_REASONS = ("undecodable image", "no usable caption", "no caption in languages")
-_OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE = 0, 1, 2, 3
-# Count slots: records read, the three drop reasons, captions ignored inside kept records.
+#: Why a record is dropped, in the order of :class:`DropCounter` slots 1..4.
+DROP_REASONS = ("undecodable image", "no usable caption", "no caption in languages",
+                "image too large")
+_OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE, _TOO_LARGE = 0, 1, 2, 3, 4
+# Count slots: records read, the drop reasons, captions ignored inside kept records.
 _SLOTS = ("records read",) + DROP_REASONS + ("captions ignored",)
 # The dataset functions below use explicit tf.cond/tf.case: AutoGraph has nothing to convert
 # (and cannot parse some of the lambdas), so it is switched off for them.
@@ -67,7 +72,7 @@ class DropCounter:
         >>> counter = DropCounter()
         >>> counter.as_dict()["records read"]
         0
-        >>> counter.summary()
+        >>> counter.summary()  # doctest: +ELLIPSIS
         'read 0 records; dropped 0: 0 undecodable image, 0 no usable caption, ...'
     """
 
@@ -242,16 +247,13 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None)
         failed = index - next_index  # records that raised while decoding
         reason = item["reason"]
         delta = tf.stack(
-            [
-                failed + 1,
-                failed + tf.cast(tf.equal(reason, _BAD_IMAGE), tf.int64),
-                tf.cast(tf.equal(reason, _NO_CAPTION), tf.int64),
-                tf.cast(tf.equal(reason, _NO_LANGUAGE), tf.int64),
-                item["ignored"],
-            ]
+            [failed + 1, failed + tf.cast(tf.equal(reason, _BAD_IMAGE), tf.int64)]
+            + [tf.cast(tf.equal(reason, r), tf.int64) for r in range(2, len(DROP_REASONS) + 1)]
+            + [item["ignored"]]
         )
         new_counts = counts + delta
-        before, after = tf.reduce_sum(counts[1:4]), tf.reduce_sum(new_counts[1:4])
+        drops = slice(1, len(DROP_REASONS) + 1)
+        before, after = tf.reduce_sum(counts[drops]), tf.reduce_sum(new_counts[drops])
 
         def log() -> tf.Tensor:
             what = tf.cond(
@@ -269,14 +271,16 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None)
                     ]
                 ),
             )
-            n = [tf.strings.as_string(new_counts[0]), tf.strings.as_string(after)] + [
-                tf.strings.as_string(new_counts[i]) for i in (1, 2, 3)
-            ]
+            parts = []
+            for i, name in enumerate(DROP_REASONS, start=1):
+                note = lang_note if name == "no caption in languages" else ""
+                parts += [", " if parts else "", tf.strings.as_string(new_counts[i]),
+                          f" {name}{note}"]
             message = tf.strings.join(
                 [
-                    "malign.data: ", what, " | so far: read ", n[0], " records, dropped ",
-                    n[1], " (", n[2], " undecodable image, ", n[3], " no usable caption, ",
-                    n[4], f" no caption in languages{lang_note})",
+                    "malign.data: ", what, " | so far: read ",
+                    tf.strings.as_string(new_counts[0]), " records, dropped ",
+                    tf.strings.as_string(after), " (", *parts, ")",
                 ]
             )
             tf.print(message, output_stream=sys.stderr)
@@ -324,6 +328,26 @@ def _record_stream(
     )
 
 
+def _check_max_pixels(max_image_pixels: int | None) -> None:
+    if max_image_pixels is not None and (isinstance(max_image_pixels, bool)
+                                         or int(max_image_pixels) < 1):
+        raise ValueError(f"max_image_pixels must be a positive number of pixels (or None), "
+                         f"got {max_image_pixels!r}")
+
+
+def _size_check(encoded: tf.Tensor, reason: tf.Tensor, max_image_pixels: int | None) -> tf.Tensor:
+    """``reason``, or "image too large" for a usable record whose header says more pixels
+    than the limit. A JPEG header libjpeg cannot read fails here (counted as undecodable)."""
+    if max_image_pixels is None:
+        return reason
+    too_large = tf.cond(
+        tf.equal(reason, _OK),
+        lambda: image_pixels_tf(encoded) > max_image_pixels,
+        lambda: tf.constant(False),
+    )
+    return tf.where(too_large, tf.constant(_TOO_LARGE), reason)
+
+
 def make_dataset(
     file_pattern: str | Sequence[str],
     tokenizer: Callable[[tf.Tensor], dict[str, tf.Tensor]],
@@ -337,6 +361,7 @@ def make_dataset(
     repeat: bool | None = None,
     counter: DropCounter | None = None,
     eval_resize: str = DEFAULT_EVAL_RESIZE,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tf.data.Dataset:
     """Builds the input pipeline over malign TFRecord shards.
 
@@ -370,6 +395,8 @@ def make_dataset(
         eval_resize: the evaluation resize, "shorter_side" or "square" (see
             ``malign.data.preprocess.eval_crop``); pass the model's,
             ``malign.data.preprocess.model_eval_resize(model)``. Training ignores it.
+        max_image_pixels: records whose image header says more pixels (width x height)
+            are dropped before decoding ("image too large"); None for no limit.
 
     Returns:
         A ``tf.data.Dataset`` of dicts as described.
@@ -385,6 +412,7 @@ def make_dataset(
         ... )  # doctest: +SKIP
     """
     check_eval_resize(eval_resize)
+    _check_max_pixels(max_image_pixels)
     files = list_files(file_pattern)
     _warn_damaged_shards(files)
     if image_size < 1 or global_batch_size < 1:
@@ -421,16 +449,17 @@ def make_dataset(
 
     def decode(index: tf.Tensor, item: dict[str, tf.Tensor]):
         element_seed = tf.stack([tf.constant(base_seed, tf.int64), index])
+        reason = _size_check(item["encoded"], item["reason"], max_image_pixels)
         image = tf.cond(
-            tf.equal(item["reason"], _OK),
+            tf.equal(reason, _OK),
             lambda: decode_and_crop(item["encoded"], image_size, training, element_seed,
                                     eval_resize=eval_resize),
             lambda: tf.zeros([image_size, image_size, 3], tf.float32),
         )
         out = {
             "id": item["id"],
-            "reason": item["reason"],
-            "ignored": item["ignored"],
+            "reason": reason,
+            "ignored": tf.where(tf.equal(reason, _OK), item["ignored"], tf.zeros_like(item["ignored"])),
             "image": image,
         }
         candidates = tf.boolean_mask(item["texts"], item["usable"])
@@ -535,6 +564,7 @@ def read_eval_split(
     languages: Sequence[str] | None = None,
     verbose: bool = True,
     eval_resize: str = DEFAULT_EVAL_RESIZE,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> EvalSplit:
     """Reads an evaluation split for embedding images once and captions once.
 
@@ -555,6 +585,8 @@ def read_eval_split(
             are dropped.
         verbose: print the summary line.
         eval_resize: "shorter_side" or "square" (see ``malign.data.preprocess.eval_crop``).
+        max_image_pixels: records whose image has more pixels (from the header) are
+            dropped without decoding ("image too large"); None for no limit.
 
     Returns:
         An :class:`EvalSplit`.
@@ -566,19 +598,21 @@ def read_eval_split(
         array([0, 1, 2])
     """
     check_eval_resize(eval_resize)
+    _check_max_pixels(max_image_pixels)
     files = list_files(file_pattern)
     _warn_damaged_shards(files)
     lang_tensor = tf.constant(list(languages), tf.string) if languages else None
 
     def check(index: tf.Tensor, serialized: tf.Tensor):
         item = _screen(serialized, lang_tensor)
+        reason = _size_check(item["encoded"], item["reason"], max_image_pixels)
         size = tf.cond(
-            tf.equal(item["reason"], _OK),
+            tf.equal(reason, _OK),
             lambda: tf.shape(decode_image(item["encoded"]))[:2],
             lambda: tf.zeros([2], tf.int32),
         )
         return index, item["id"], item["texts"], item["langs"], item["usable"], \
-            item["reason"], item["ignored"], size
+            reason, item["ignored"], size
 
     scan = _read_files_in_order(files).enumerate()
     scan = scan.map(_graph(check), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -17,6 +17,23 @@ only be reproduced with its own pixels. The default "shorter_side" is the crop a
 
 Every output is float32 RGB in [0, 1]; each image tower normalises its input itself.
 
+Decoding gives the pixels a person sees, the same way in the record writer, in training and
+evaluation, and in the exported SavedModel:
+
+- **EXIF orientation** is applied (JPEG APP1, PNG ``eXIf``, WebP ``EXIF``; read in the
+  graph by :mod:`malign.data.image_header`, equal to PIL's ``ImageOps.exif_transpose`` on
+  these files): a phone photo tagged "rotate 90" comes out upright. Crops are cut in the
+  upright image (for JPEG the window is mapped back to the stored frame, so only the window
+  is still decoded).
+- **Every PNG bit depth and colour type** becomes 8-bit RGB: 1/2/4-bit grey scaled to
+  0..255, 16-bit samples to their high byte (``v >> 8``, TensorFlow's ``decode_png``),
+  palettes expanded; **alpha is dropped**, not composited (a transparent pixel shows its
+  colour, as PIL's ``convert("RGB")`` and ``tf.io.decode_png(channels=3)`` both do),
+  including grey+alpha and palette or grey/RGB transparency (``tRNS``).
+- **Size** is known from the header before decoding
+  (:func:`malign.data.image_header.image_size_tf`); the pipeline and the SavedModel refuse
+  images over a pixel limit without decoding them.
+
 Example:
     >>> import tensorflow as tf
     >>> image = tf.zeros([120, 200, 3], tf.uint8)
@@ -35,6 +52,7 @@ from typing import Any
 import tensorflow as tf
 
 from malign.config import EVAL_RESIZES, ConfigError
+from malign.data.image_header import exif_orientation_tf
 
 #: ALIGN resizes to 346 and crops 289 (paper and ``kakaobrain/align-base``).
 ALIGN_RESIZE = 346
@@ -171,31 +189,81 @@ def image_bytes_ok_py(data: bytes) -> bool:
     return False
 
 
-def decode_image(encoded: tf.Tensor, accurate_jpeg: bool = False) -> tf.Tensor:
-    """Decodes a JPEG/PNG (also GIF/BMP) file into uint8 RGB ``[H, W, 3]``.
+def _orientation_steps(orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(transpose, flip_left_right, flip_up_down)``: EXIF orientation ``o`` shows the
+    stored image as ``flips(transpose(image))`` (transposing first)."""
+    o = tf.cast(orientation, tf.int32)
+    transpose = o >= 5
+    flip_lr = tf.equal(o, 2) | tf.equal(o, 3) | tf.equal(o, 6) | tf.equal(o, 7)
+    flip_ud = tf.equal(o, 3) | tf.equal(o, 4) | tf.equal(o, 7) | tf.equal(o, 8)
+    return transpose, flip_lr, flip_ud
+
+
+@tf.autograph.experimental.do_not_convert
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turns a stored image upright as its EXIF orientation says (PIL's ``exif_transpose``).
+
+    1 identity, 2 mirror left-right, 3 rotate 180, 4 mirror top-bottom, 5 transpose,
+    6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise; other values are
+    left alone.
+
+    Args:
+        image: ``[H, W, C]``.
+        orientation: an int scalar (e.g. from
+            :func:`malign.data.image_header.exif_orientation_tf`).
+
+    Returns:
+        ``[H, W, C]`` for orientations 1-4, ``[W, H, C]`` for 5-8.
+
+    Example:
+        >>> image = tf.reshape(tf.range(6), [2, 3, 1])
+        >>> apply_orientation(image, 6)[..., 0].numpy().tolist()
+        [[3, 0], [4, 1], [5, 2]]
+    """
+    transpose, flip_lr, flip_ud = _orientation_steps(orientation)
+    image = tf.cond(transpose, lambda: tf.image.transpose(image), lambda: image)
+    image = tf.cond(flip_lr, lambda: tf.image.flip_left_right(image), lambda: image)
+    return tf.cond(flip_ud, lambda: tf.image.flip_up_down(image), lambda: image)
+
+
+def _decode_stored(encoded: tf.Tensor, accurate_jpeg: bool) -> tf.Tensor:
+    """The pixels as stored, uint8 RGB (no orientation)."""
+    if accurate_jpeg:
+        return tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
+                                       expand_animations=False),
+        )
+    return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+@tf.autograph.experimental.do_not_convert
+def decode_image(encoded: tf.Tensor, accurate_jpeg: bool = False,
+                 orient: bool = True) -> tf.Tensor:
+    """Decodes a JPEG/PNG (also GIF/BMP/WebP) file into uint8 RGB ``[H, W, 3]``, upright.
+
+    The EXIF orientation is applied (see the module docstring), every PNG mode becomes
+    8-bit RGB (16-bit samples: high byte) and alpha is dropped.
 
     Args:
         encoded: a scalar string tensor holding the file's bytes.
         accurate_jpeg: decode a JPEG with libjpeg's accurate integer DCT, as PIL does (and
             so the transformers image processors), instead of TensorFlow's default fast
             one; the two differ by a few grey levels at some pixels (up to 20 seen).
+        orient: apply the EXIF orientation (False gives the pixels as stored).
 
     Example:
         >>> png = tf.io.encode_png(tf.zeros([5, 7, 3], tf.uint8))
         >>> decode_image(png).shape.as_list()
         [5, 7, 3]
     """
-    if accurate_jpeg:
-        encoded = tf.convert_to_tensor(encoded, tf.string)
-        image = tf.cond(
-            tf.io.is_jpeg(encoded),
-            lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-            lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
-                                       expand_animations=False),
-        )
-    else:
-        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    image = _decode_stored(encoded, accurate_jpeg)
     image.set_shape([None, None, 3])
+    if orient:
+        image = apply_orientation(image, exif_orientation_tf(encoded))
+        image.set_shape([None, None, 3])
     return image
 
 
@@ -310,6 +378,7 @@ def eval_crop(image: tf.Tensor, size: int, eval_resize: str = DEFAULT_EVAL_RESIZ
     return _finish(window, size)
 
 
+@tf.autograph.experimental.do_not_convert
 def decode_and_crop(
     encoded: tf.Tensor,
     size: int,
@@ -319,7 +388,8 @@ def decode_and_crop(
 ) -> tf.Tensor:
     """Decodes and crops in one step; for JPEG only the crop window is decoded.
 
-    Gives the same result as ``train_crop(decode_image(x), size, seed)`` (``training``) or
+    The crop is cut from the upright image (EXIF orientation applied). Gives the same
+    result as ``train_crop(decode_image(x), size, seed)`` (``training``) or
     ``eval_crop(decode_image(x), size)``. The "square" evaluation resize needs the whole
     image, so it decodes the whole file, and it decodes JPEGs as PIL does
     (``eval_crop(decode_image(x, accurate_jpeg=True), size, "square")``), so that the
@@ -346,16 +416,30 @@ def decode_and_crop(
     if check_eval_resize(eval_resize) == "square" and not training:
         return eval_crop(decode_image(encoded, accurate_jpeg=True), size, eval_resize)
 
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    orientation = exif_orientation_tf(encoded)
+
     def jpeg_path() -> tf.Tensor:
-        shape = tf.image.extract_jpeg_shape(encoded)
-        top, left, side = _window(shape[0], shape[1], size, seed if training else None)
+        # The window is chosen in the upright image and mapped back to the stored frame, so
+        # that only the window is decoded and the crop equals cropping the upright image.
+        transpose, flip_lr, flip_ud = _orientation_steps(orientation)
+        stored = tf.image.extract_jpeg_shape(encoded)
+        height = tf.where(transpose, stored[1], stored[0])
+        width = tf.where(transpose, stored[0], stored[1])
+        top, left, side = _window(height, width, size, seed if training else None)
+        top = tf.where(flip_ud, height - top - side, top)
+        left = tf.where(flip_lr, width - left - side, left)
+        box = tf.where(transpose, tf.stack([left, top]), tf.stack([top, left]))
         window = tf.image.decode_and_crop_jpeg(
-            encoded, tf.stack([top, left, side, side]), channels=3
+            encoded, tf.concat([box, tf.stack([side, side])], axis=0), channels=3
         )
+        window = apply_orientation(window, orientation)
         return _finish(window, size)
 
     def other_path() -> tf.Tensor:
-        image = decode_image(encoded)
+        image = _decode_stored(encoded, accurate_jpeg=False)
+        image.set_shape([None, None, 3])
+        image = apply_orientation(image, orientation)
         shape = tf.shape(image)
         top, left, side = _window(shape[0], shape[1], size, seed if training else None)
         return _finish(tf.image.crop_to_bounding_box(image, top, left, side, side), size)

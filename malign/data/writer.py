@@ -8,8 +8,21 @@ decodable image, when its caption is empty, or when it is not valid UTF-8; the
 the tokenizer's sequence length are kept (the tokenizer truncates them) but counted.
 
 Images are stored as their original bytes when they are JPEG or PNG files that TensorFlow
-decodes; other formats (GIF, WebP, BMP, TIFF, CMYK JPEG...) are re-encoded as JPEG, and with
-``max_image_side`` large images are downscaled (shorter side) to keep shards small.
+decodes (every PNG bit depth and colour type; RGB or grey JPEG); other formats (GIF, WebP,
+BMP, TIFF, CMYK JPEG...) are re-encoded as JPEG, and with ``max_image_side`` large images are
+downscaled (shorter side) to keep shards small. Stored bytes keep their EXIF orientation,
+which every reader applies (:func:`malign.data.preprocess.decode_image`); a re-encoded image
+is turned upright first and stored without EXIF, so the pixels the pipeline and the
+SavedModel see are the same either way. Re-encoding converts as TensorFlow's decoder does:
+16-bit samples keep their high byte and alpha is dropped.
+
+Images larger than ``max_image_pixels`` (width x height, read from the header before
+decoding; default :data:`malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS`, the limit the
+pipeline and the SavedModel apply too) are never stored as they are: a JPEG is decoded at a
+reduced scale (libjpeg's 1/2, 1/4 or 1/8, so it never takes the memory of the full image)
+and stored downsized (to ``max_image_side``, else to fit the limit); other formats are
+skipped and counted as "image too large" (raise ``max_image_pixels`` to let the writer decode
+them in full and downsize them with ``max_image_side``).
 
 Example:
     >>> rows = [CaptionRow("cat.jpg", "a cat", "en"), CaptionRow("cat.jpg", "eine Katze", "de")]
@@ -26,18 +39,26 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from malign.data.image_header import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    exif_orientation,
+    image_format,
+    image_size,
+)
 from malign.data.preprocess import image_bytes_ok_py
 from malign.data.progress import Progress
 from malign.data.schema import ImageTextExample, shard_name, shard_pattern
 
 #: Why a row was skipped; the order is the order of the summary line.
-SKIP_REASONS = ("missing image", "corrupt image", "empty caption", "invalid utf-8", "malformed row")
+SKIP_REASONS = ("missing image", "corrupt image", "empty caption", "invalid utf-8", "malformed row",
+                "image too large")
 
 
 @dataclasses.dataclass
@@ -77,6 +98,8 @@ class WriteStats:
     )
     images_skipped: int = 0
     reencoded_images: int = 0
+    downsized_images: int = 0
+    max_image_pixels: int | None = None
     long_captions: int = 0
     shards: int = 0
     pattern: str = ""
@@ -101,10 +124,10 @@ class WriteStats:
         return sum(self.skipped.values())
 
     def skipped_line(self) -> str:
-        """``skipped N rows: k missing image, m corrupt image, e empty caption, ...``."""
+        """``skipped N rows: k missing image, m corrupt image, e empty caption, ...``
+        (the first four reasons always, the others when they occur)."""
         parts = [f"{self.skipped[r]} {r}" for r in SKIP_REASONS[:4]]
-        if self.skipped["malformed row"]:
-            parts.append(f"{self.skipped['malformed row']} malformed row")
+        parts += [f"{self.skipped[r]} {r}" for r in SKIP_REASONS[4:] if self.skipped[r]]
         return f"skipped {self.skipped_rows} rows: " + ", ".join(parts)
 
     def summary(self) -> str:
@@ -121,6 +144,9 @@ class WriteStats:
             lines.append(f"  e.g. {reason}: {', '.join(names)}")
         if self.reencoded_images:
             lines.append(f"images re-encoded as JPEG (format or size): {self.reencoded_images}")
+        if self.downsized_images:
+            lines.append(f"images over {self.max_image_pixels:,} pixels, stored downsized: "
+                         f"{self.downsized_images}")
         lines.append(f"long captions (will be truncated): {self.long_captions}")
         return "\n".join(lines)
 
@@ -137,26 +163,133 @@ class BadImage(Exception):
         self.reason = reason
 
 
-def load_image(path: str, max_image_side: int | None = None) -> tuple[bytes, str, bool]:
+class LoadedImage(NamedTuple):
+    """An image ready to be stored: its bytes, ``"jpeg"`` or ``"png"``, whether it was
+    re-encoded, and whether it was downsized because it had more than the pixel limit."""
+
+    data: bytes
+    format: str
+    reencoded: bool
+    over_limit: bool
+
+
+# What PIL's ImageOps.exif_transpose does for each EXIF orientation.
+_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+              6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+_SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def rgb8(image: Any) -> Any:
+    """A PIL image as 8-bit RGB, converted as ``tf.io.decode_image(channels=3)`` converts.
+
+    PIL's own ``convert("RGB")`` agrees with TensorFlow for every PNG mode but 16-bit grey
+    (``I;16``), which it clips at 255 (a value of 30000 becomes white); here 16-bit grey
+    keeps its high byte (``v >> 8``, 30000 -> 117), as TensorFlow and PIL's 16-bit RGB do.
+    Alpha is dropped (not composited), palettes expanded (their transparency ignored).
+
+    Args:
+        image: a loaded PIL image.
+
+    Returns:
+        A PIL image in mode "RGB".
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> grey = Image.fromarray(np.array([[30000, 10000]], np.uint16))
+        >>> np.asarray(rgb8(grey))[0, :, 0].tolist()
+        [117, 39]
+    """
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in _SIXTEEN_BIT_GREY:
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # via RGBA: no warning about palette transparency
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _orientation(image: Any, data: bytes, kind: str | None) -> int:
+    """The EXIF orientation: malign's reader for the formats the graph reads too (so all
+    three paths agree), PIL's for the others (TIFF, ...), which only the writer sees."""
+    if kind in ("jpeg", "png", "webp"):
+        return exif_orientation(data)
+    value = image.getexif().get(0x0112, 1)
+    return int(value) if value in _TRANSPOSE else 1
+
+
+def _target_size(height: int, width: int, max_image_side: int | None,
+                 max_image_pixels: int | None, jpeg: bool = False) -> tuple[int, int] | None:
+    """``(height, width)`` to downsize to, or None to keep the size.
+
+    The shorter side becomes ``max_image_side`` if it is longer; an image still over
+    ``max_image_pixels`` is scaled to fit, a JPEG by the smallest of libjpeg's DCT scales
+    (1/2, 1/4, 1/8) that fits, so that it is decoded straight to that size.
+    """
+    scale = 1.0
+    if max_image_side is not None and min(height, width) > max_image_side:
+        scale = max_image_side / min(height, width)
+    target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if max_image_pixels is not None and target[0] * target[1] > max_image_pixels:
+        for factor in (2, 4, 8) if jpeg else ():
+            scaled = (math.ceil(height / factor), math.ceil(width / factor))
+            if scaled[0] * scaled[1] <= max_image_pixels:
+                return scaled
+        scale = math.sqrt(max_image_pixels / (height * width))
+        target = (max(1, math.floor(height * scale)), max(1, math.floor(width * scale)))
+    return None if target == (height, width) else target
+
+
+def _allow_pil_pixels(max_image_pixels: int | None) -> None:
+    """Raises PIL's decompression-bomb guard to the writer's own limit if it is lower (PIL
+    refuses images over twice its guard; the writer checks its limit itself first)."""
+    from PIL import Image
+
+    guard = Image.MAX_IMAGE_PIXELS
+    if max_image_pixels is not None and guard is not None and guard < max_image_pixels:
+        Image.MAX_IMAGE_PIXELS = max_image_pixels
+
+
+def _too_large(path: str, height: int, width: int, limit: int) -> BadImage:
+    return BadImage("image too large",
+                    f"{path} ({width}x{height} = {width * height:,} pixels, over the limit of "
+                    f"{limit:,}; raise --max-image-pixels to decode it and use "
+                    "--max-image-side to store it smaller)")
+
+
+def load_image(path: str, max_image_side: int | None = None,
+               max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> LoadedImage:
     """Reads and validates an image file, re-encoding it if TensorFlow could not decode it.
+
+    The size is read from the header first (:func:`malign.data.image_header.image_size`).
+    Kept as they are: JPEG (RGB or grey) and PNG (any mode) files within both limits. The
+    others are decoded (a JPEG over ``max_image_pixels`` at a reduced DCT scale), converted
+    to 8-bit RGB as TensorFlow converts (:func:`rgb8`), turned upright (EXIF orientation),
+    downsized if a limit asks for it, and stored as JPEG (quality 95).
 
     Args:
         path: the image file.
         max_image_side: if set, images whose shorter side exceeds it are downscaled to it
             and re-encoded.
+        max_image_pixels: images with more pixels (width x height) are not stored as they
+            are: JPEGs are downsized (to ``max_image_side``, else to fit), other formats
+            rejected ("image too large"). None: no limit (PIL's own guard still applies).
 
     Returns:
-        ``(bytes, format, reencoded)`` with format ``"jpeg"`` or ``"png"``.
+        A :class:`LoadedImage` ``(data, format, reencoded, over_limit)``, format ``"jpeg"``
+        or ``"png"``.
 
     Raises:
-        BadImage: ``missing image`` or ``corrupt image``.
+        BadImage: ``missing image``, ``corrupt image`` or ``image too large``.
 
     Example:
         >>> load_image("nope.jpg")  # doctest: +SKIP
         Traceback (most recent call last):
         BadImage: missing image: nope.jpg
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
     try:
         with open(path, "rb") as handle:
@@ -165,26 +298,47 @@ def load_image(path: str, max_image_side: int | None = None) -> tuple[bytes, str
         raise BadImage("missing image", path) from None
     except (IsADirectoryError, PermissionError) as error:
         raise BadImage("missing image", f"{path} ({error})") from None
+    kind = image_format(data)
+    header = image_size(data)
+    limit = max_image_pixels
+    over = limit is not None and header is not None and header[0] * header[1] > limit
+    if over and kind != "jpeg":
+        raise _too_large(path, *header, limit)
+    _allow_pil_pixels(limit)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = (image.format or "").upper()
-            image.load()  # full decode: raises on truncated or corrupt files
-            mode, (width, height) = image.mode, image.size
-            too_big = max_image_side is not None and min(width, height) > max_image_side
-            native = (kind in ("JPEG", "MPO") and mode in ("RGB", "L")) or (
-                kind == "PNG" and mode in ("RGB", "RGBA", "L", "LA", "P")
-            )
-            if native and not too_big and image_bytes_ok_py(data):
-                return data, "jpeg" if kind in ("JPEG", "MPO") else "png", False
-            rgb = image.convert("RGB")
-            if too_big:
-                scale = max_image_side / min(width, height)
-                size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+        # An over-limit JPEG is opened without PIL's size guard: it is decoded scaled down.
+        opened = JpegImagePlugin.JpegImageFile(io.BytesIO(data)) if over \
+            else Image.open(io.BytesIO(data))
+        with opened as image:
+            pil_kind = (image.format or "").upper()
+            width, height = image.size
+            over = limit is not None and width * height > limit
+            if over and pil_kind not in ("JPEG", "MPO"):
+                raise _too_large(path, height, width, limit)  # a format read only by PIL
+            jpeg = pil_kind in ("JPEG", "MPO")
+            target = _target_size(height, width, max_image_side, limit, jpeg)
+            native = (jpeg and image.mode in ("RGB", "L")) or pil_kind == "PNG"
+            if native and target is None and image_bytes_ok_py(data):
+                image.load()  # full decode: raises on truncated or corrupt files
+                return LoadedImage(data, "jpeg" if kind == "jpeg" else "png", False, False)
+            if target is not None and jpeg:
+                image.draft(image.mode, (target[1], target[0]))  # libjpeg's DCT scaling
+            image.load()
+            rgb = rgb8(image)
+            orientation = _orientation(image, data, kind)
+            if orientation in _TRANSPOSE:
+                rgb = rgb.transpose(getattr(Image.Transpose, _TRANSPOSE[orientation]))
+            if target is not None:
+                if orientation >= 5:
+                    target = target[::-1]
+                if rgb.size != (target[1], target[0]):
+                    rgb = rgb.resize((target[1], target[0]), Image.Resampling.BICUBIC)
             out = io.BytesIO()
             rgb.save(out, format="JPEG", quality=95)
-            return out.getvalue(), "jpeg", True
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            return LoadedImage(out.getvalue(), "jpeg", True, over)
+    except Image.DecompressionBombError as error:
+        raise BadImage("image too large", f"{path} ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadImage("corrupt image", f"{path} ({type(e).__name__}: {e})") from None
 
 
@@ -342,6 +496,7 @@ def write_rows(
     workers: int | None = None,
     verbose: bool = True,
     stats: WriteStats | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> WriteStats:
     """Groups caption rows by image and writes one record per image.
 
@@ -357,6 +512,9 @@ def write_rows(
         workers: threads that read and check images (default: CPU count, at most 8).
         verbose: print progress and the summary.
         stats: counts carried over from reading the rows (e.g. rows that failed to parse).
+        max_image_pixels: the pixel limit (width x height, from the header): larger JPEGs
+            are stored downsized, other larger images skipped as "image too large" (see
+            :func:`load_image`); None for no limit.
 
     Returns:
         The :class:`WriteStats`; they are also written to ``{out_prefix}.summary.json``.
@@ -367,14 +525,17 @@ def write_rows(
         1
     """
     stats = stats or WriteStats()
+    stats.max_image_pixels = max_image_pixels
+    if max_image_pixels is not None and max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be positive (or None), got {max_image_pixels}")
     long_counter = LongCaptionCounter(sequence_length, sentencepiece_model)
     groups = _group_rows(rows, stats)
     workers = workers or min(8, os.cpu_count() or 1)
     root = os.fspath(images_dir) if images_dir is not None else ""
 
-    def load(group: _ImageGroup) -> tuple[bytes, str, bool] | BadImage:
+    def load(group: _ImageGroup) -> LoadedImage | BadImage:
         try:
-            return load_image(os.path.join(root, group.image), max_image_side)
+            return load_image(os.path.join(root, group.image), max_image_side, max_image_pixels)
         except BadImage as error:
             return error
 
@@ -400,9 +561,10 @@ def write_rows(
                 if not texts:
                     stats.images_skipped += 1
                     continue
-                data, image_format, reencoded = loaded
-                stats.reencoded_images += reencoded
-                writer.write(ImageTextExample(group.image_id, data, image_format, texts, langs))
+                stats.reencoded_images += loaded.reencoded
+                stats.downsized_images += loaded.over_limit
+                writer.write(ImageTextExample(group.image_id, loaded.data, loaded.format, texts,
+                                              langs))
                 stats.add_record(langs)
     return _finish(stats, out_prefix, shards, verbose)
 
@@ -528,6 +690,7 @@ def _json_line(line: str, stats: WriteStats) -> dict[str, Any] | None:
 __all__ = [
     "BadImage",
     "CaptionRow",
+    "LoadedImage",
     "LongCaptionCounter",
     "RecordWriter",
     "SKIP_REASONS",
@@ -535,6 +698,7 @@ __all__ = [
     "clean_caption",
     "load_image",
     "read_rows",
+    "rgb8",
     "write_examples",
     "write_rows",
 ]

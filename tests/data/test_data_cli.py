@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 
+import pytest
 import tensorflow as tf
-from image_bytes import jpeg_bytes
+from image_bytes import jpeg_bytes, png_bytes
 
 import malign.text
 from malign.cli import main
+from malign.data.commands import _pixels
 from malign.data.schema import shard_pattern
 
 
@@ -75,3 +77,27 @@ def test_multi30k_mismatch_is_an_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "val.en.gz has 1 lines but the split list" in err and "val.txt has 2 images" in err
+
+
+def test_build_with_a_pixel_limit(tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "photo.jpg").write_bytes(jpeg_bytes(40, 56, seed=2))  # 2240 pixels
+    (images / "plan.png").write_bytes(png_bytes(40, 56))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps({"image": name, "caption": "x", "lang": "en"})
+                              for name in ("photo.jpg", "plan.png")) + "\n")
+    assert main(["data", "build", "--input", str(rows), "--images", str(images),
+                 "--out", str(tmp_path / "out"), "--max-image-pixels", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 rows: 0 missing image, 0 corrupt image, 0 empty caption, " \
+           "0 invalid utf-8, 1 image too large" in out
+    assert "images over 1,000 pixels, stored downsized: 1" in out
+    assert _count(tmp_path / "out") == 1
+    assert [_pixels(v) for v in ("64M", "67108864", "64e6", "1_000", "2,000")] == [
+        67108864, 67108864, 64_000_000, 1000, 2000]
+    for bad in ("0", "-5", "lots", "1.5"):
+        with pytest.raises(SystemExit):
+            main(["data", "build", "--input", str(rows), "--images", str(images),
+                  "--out", str(tmp_path / "x"), "--max-image-pixels", bad])
+    assert "--max-image-pixels" in capsys.readouterr().err

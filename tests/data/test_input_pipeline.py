@@ -147,6 +147,7 @@ def test_bad_records_are_dropped_and_counted(bad_records, tokenizer, capfd):
         "undecodable image": 4,  # truncated, random bytes, corrupt body, no image
         "no usable caption": 2,  # empty captions, invalid UTF-8
         "no caption in languages": 0,
+        "image too large": 0,
         "captions ignored": 2,  # the empty and invalid captions of good1
     }
     err = capfd.readouterr().err
@@ -175,7 +176,7 @@ def test_language_filter_counts(bad_records, tokenizer):
     # corrupt_body has no French caption: dropped for that, never decoded.
     assert counter.as_dict() == {"records read": 12, "undecodable image": 3,
                                  "no usable caption": 2, "no caption in languages": 6,
-                                 "captions ignored": 0}
+                                 "image too large": 0, "captions ignored": 0}
 
 
 def test_read_eval_split(bad_records, capsys):

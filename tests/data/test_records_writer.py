@@ -78,7 +78,7 @@ def test_write_rows_skips_and_counts(tmp_path, images, capsys):
     assert stats.captions == 6
     assert stats.captions_per_lang == {"en": 4, "de": 2}
     assert stats.skipped == {"missing image": 3, "corrupt image": 3, "empty caption": 1,
-                             "invalid utf-8": 1, "malformed row": 0}
+                             "invalid utf-8": 1, "malformed row": 0, "image too large": 0}
     assert stats.skipped_rows == 8
     assert stats.long_captions == 1
     assert stats.reencoded_images == 1
@@ -143,11 +143,11 @@ def test_clean_caption():
 def test_load_image_downscales(tmp_path):
     path = tmp_path / "big.png"
     path.write_bytes(png_bytes(120, 200))
-    data, fmt, reencoded = load_image(str(path), max_image_side=60)
-    assert fmt == "jpeg" and reencoded
+    data, fmt, reencoded, over_limit = load_image(str(path), max_image_side=60)
+    assert fmt == "jpeg" and reencoded and not over_limit
     assert tf.io.decode_image(data).shape.as_list() == [60, 100, 3]
-    data, fmt, reencoded = load_image(str(path), max_image_side=200)
-    assert (fmt, reencoded) == ("png", False) and data == path.read_bytes()
+    data, fmt, reencoded, over_limit = load_image(str(path), max_image_side=200)
+    assert (fmt, reencoded, over_limit) == ("png", False, False) and data == path.read_bytes()
 
 
 def test_record_writer_round_robin(tmp_path):

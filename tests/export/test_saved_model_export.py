@@ -10,6 +10,7 @@ tests compare what it wrote with the Keras models here.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 import malign
 from malign import export
-from malign.data.preprocess import decode_and_crop, model_eval_resize
+from malign.data.preprocess import decode_and_crop, eval_crop, model_eval_resize
 
 CAPTIONS = [
     "A black dog runs across the grass.",
@@ -394,3 +395,145 @@ def test_cli_export_finds_tokenizer_training_and_evaluation(setup, tmp_path):
     served = loaded.signatures["embed_text"](text=tf.constant(CAPTIONS[:2]))["embeddings"]
     expected = setup["student"].embed_text(setup["tokenizer"](CAPTIONS[:2]))
     np.testing.assert_allclose(served.numpy(), _numpy(expected), rtol=0, atol=1e-5)
+
+
+# -- images as people see them: EXIF orientation, 16-bit PNG, pixel limit -------------------
+IMAGE_CHECK = r'''
+import json, resource, sys, time
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+
+model_dir, inputs_file, out_file = sys.argv[1:]
+inputs = np.load(inputs_file, allow_pickle=True)
+embed = tf.saved_model.load(model_dir).signatures["embed_image"]
+out = {"images": embed(image_bytes=tf.constant(list(inputs["images"])))["embeddings"].numpy()}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    embed(image_bytes=tf.constant([inputs["images"][0], inputs["huge"][0]]))
+    error = "no error"
+except tf.errors.InvalidArgumentError as e:
+    error = e.message
+info = {"error": error, "seconds": time.perf_counter() - start,
+        "rss_growth_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}
+np.savez(out_file, **out)
+with open(out_file + ".json", "w") as f:
+    json.dump(info, f)
+'''
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _hand_png(samples: np.ndarray, bit_depth: int, color_type: int, exif: bytes = b"") -> bytes:
+    """A PNG written by hand: PIL cannot write 16-bit grey with an eXIf chunk."""
+    import struct
+    import zlib
+
+    height, width = samples.shape[:2]
+    dtype = ">u2" if bit_depth == 16 else np.uint8
+    rows = b"".join(b"\x00" + row.astype(dtype).tobytes() for row in samples)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    extra = _chunk(b"eXIf", exif) if exif else b""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra
+            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+
+
+def _huge_png(side: int = 20000) -> bytes:
+    """A valid side x side black PNG of a few hundred KB, built without its pixels."""
+    import struct
+    import zlib
+
+    rows_per_block = 100
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(b"\x00" * (side + 1) * rows_per_block)
+    block += compressor.flush(zlib.Z_FULL_FLUSH)
+    total = (side + 1) * side
+    stream = (b"\x78\xda" + block * (side // rows_per_block) + compressor.flush()
+              + (((total % 65521) << 16) | 1).to_bytes(4, "big"))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", stream)
+            + _chunk(b"IEND", b""))
+
+
+def _tiff_orientation(orientation: int) -> bytes:
+    import struct
+
+    return (b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1,
+                                                                 orientation, 0) + bytes(4))
+
+
+def _stored_for(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels that EXIF ``orientation`` shows as ``upright`` (the inverse of PIL's
+    exif_transpose: 6 is shown rotated 90 degrees clockwise, so it is stored rotated back)."""
+    t = lambda a: a.transpose(1, 0, 2)  # noqa: E731
+    return {1: upright, 2: upright[:, ::-1], 3: upright[::-1, ::-1], 4: upright[::-1],
+            5: t(upright), 6: np.rot90(upright, 1), 7: t(upright[::-1, ::-1]),
+            8: np.rot90(upright, -1)}[orientation]
+
+
+def test_served_images_are_upright_16bit_aware_and_size_limited(setup):
+    from PIL import Image
+
+    model = setup["model"]
+    y, x = np.mgrid[0:40, 0:56]
+    upright = np.stack([x * 4, y * 6, 255 - x * 2 - y * 3], -1).astype(np.uint8)
+    pngs = [_hand_png(_stored_for(upright, o), 8, 2, exif=_tiff_orientation(o)) for o in range(1, 9)]
+    out = io.BytesIO()
+    Image.fromarray(_stored_for(upright, 6)).save(out, "JPEG", quality=95,
+                                                  exif=b"Exif\x00\x00" + _tiff_orientation(6))
+    jpeg6 = out.getvalue()
+    stripes = np.where(np.indices((30, 44))[1] % 2 == 0, 30000, 10000)
+    grey16 = _hand_png(stripes, 16, 0)
+    grey16_turned = _hand_png(_stored_for(stripes[..., None], 8)[..., 0], 16, 0,
+                         exif=_tiff_orientation(8))
+    images = pngs + [jpeg6, grey16, grey16_turned]
+    huge = _huge_png()
+    assert len(huge) < 1_000_000
+
+    root = setup["root"]
+    inputs = root / "image_inputs.npz"
+    np.savez(inputs, images=np.array(images, dtype=object), huge=np.array([huge], dtype=object))
+    script = root / "image_check.py"
+    script.write_text(IMAGE_CHECK)
+    result_file = root / "image_check.npz"
+    result = subprocess.run([PYTHON, str(script), str(setup["full"]), str(inputs),
+                             str(result_file)], capture_output=True, text=True, env=ENV,
+                            cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = np.load(result_file)["images"]
+    info = json.loads(Path(str(result_file) + ".json").read_text())
+
+    # The served embeddings are the Keras model's on the pixels `malign eval` crops ...
+    np.testing.assert_allclose(served, _reference_images(model, images), rtol=0, atol=1e-5)
+    # ... which are the upright image for all eight orientations (PNG: exactly) ...
+    size = model.image_size
+    want = _numpy(model.embed_image(tf.stack([eval_crop(upright, size)]), training=False))
+    np.testing.assert_allclose(served[:8], np.repeat(want, 8, axis=0), rtol=0, atol=1e-5)
+    sideways = _numpy(model.embed_image(
+        tf.stack([eval_crop(_stored_for(upright, 6), size)]), training=False))
+    assert np.abs(served[5] - sideways).max() > 1e-3  # orientation 6 is not served sideways
+    assert np.abs(served[8] - want[0]).max() < 0.05  # the JPEG: close (lossy, fast DCT)
+    # ... and a 16-bit grey PNG is grey (30000 -> 117, 10000 -> 39), not white.
+    grey = np.stack([np.where(np.indices((30, 44))[1] % 2 == 0, 117, 39)] * 3, -1)
+    want_grey = _numpy(model.embed_image(tf.stack([eval_crop(grey.astype(np.uint8), size)]),
+                                         training=False))
+    np.testing.assert_allclose(served[9], want_grey[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(served[10], want_grey[0], rtol=0, atol=1e-5)
+    white = _numpy(model.embed_image(tf.ones([1, size, size, 3]), training=False))
+    assert np.abs(served[9] - white[0]).max() > 1e-3
+
+    # 20000 x 20000: refused from its header, naming the element and the limit, without
+    # decoding 400 million pixels.
+    assert (f"image_bytes[1] ({len(huge)} bytes) is 20000x20000 = 400000000 pixels, over the "
+            "limit of 67108864 pixels") in info["error"]
+    assert "image_bytes[0]" not in info["error"]
+    assert info["seconds"] < 10 and info["rss_growth_kb"] < 200_000
+    card = export.read_model_card(setup["full"])
+    assert card["image"]["max_image_pixels"] == 67108864
+    assert "EXIF orientation" in card["image"]["preprocessing"]
