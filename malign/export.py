@@ -343,7 +343,13 @@ class _ServingModule(tf.Module):
         images = decode_images(image_bytes, int(model.image_size),
                                eval_resize=model_eval_resize(model),
                                max_image_pixels=self._max_image_pixels.obj)
-        return self._ref.obj.embed_image(images, training=False)
+        # TensorFlow 2.21's CPU Conv2D returns its *input* shape for an empty batch
+        # ([0, H, W, 3] instead of [0, H', W', C]), and the next layer then fails: zero
+        # images skip the tower.
+        width = int(model.embedding_dim)
+        return tf.cond(tf.shape(images)[0] > 0,
+                       lambda: tf.cast(model.embed_image(images, training=False), tf.float32),
+                       lambda: tf.zeros([0, width], tf.float32))
 
     def logits(self, image_embeddings: tf.Tensor, text_embeddings: tf.Tensor) -> tf.Tensor:
         return tf.cast(self._ref.obj.similarity_logits(image_embeddings, text_embeddings),

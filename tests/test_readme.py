@@ -125,7 +125,9 @@ COMMANDS: dict[str, Run | Skip] = {
     "malign train --preset tiny --set training.steps=20 --workdir runs/smoke": Run(
         creates=("runs/smoke/model.keras",)),
     "malign train --recipe recipes/demo.py --print-config": Run(
-        output=r'"steps": 1000\b'),
+        why="--workdir runs/print-config: --print-config checks the work directory as training "
+            "does, and runs/demo holds the shortened demo run above (another config)",
+        add="--workdir runs/print-config", output=r'"steps": 1000\b'),
     # Data and tokenizer
     "malign tokenizer train --input train.en.gz train.de.gz zh=zh.txt --vocab-size 64000 "
     "--out vocab/m64k": Run(
