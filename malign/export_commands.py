@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from malign.data.commands import DEFAULT_MAX_IMAGE_PIXELS, _pixels
+
 __all__ = ["add_subparser", "run_export"]
 
 
@@ -79,6 +81,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = export.export_saved_model(
         model, tokenizer, args.out, version=args.version, towers=towers, model_card=card,
         overwrite=args.overwrite, verify=not args.no_verify,
+        max_image_pixels=args.max_image_pixels,
     )
     written = export.read_model_card(out)
     print(f"exported {', '.join(towers)} tower{'s' if len(towers) > 1 else ''} to {out} "
@@ -144,6 +147,9 @@ def add_subparser(subparsers: Any) -> None:
                         "license, intended use), merged over the generated card")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing version directory")
+    parser.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse images with more pixels (read from the file's header, "
+                        "before decoding) with INVALID_ARGUMENT; default %(default)s = 8192^2")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip reloading the export and comparing it with the Keras model")
     parser.set_defaults(func=run_export)

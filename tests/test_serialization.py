@@ -141,7 +141,10 @@ def test_every_command_that_takes_a_model_loads_what_train_wrote(trained, tmp_pa
             "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "zero-shot"),
             "--quiet")
     assert (tmp_path / "zero-shot" / "metrics.json").is_file()
-    _malign("export", "--model", model, "--tokenizer", vocab, "--out", str(tmp_path / "export"))
+    _malign("export", "--model", model, "--tokenizer", vocab, "--out", str(tmp_path / "export"),
+            "--max-image-pixels", "1M")
+    card = json.loads((tmp_path / "export" / "1" / "assets.extra" / "model.json").read_text())
+    assert card["image"]["max_image_pixels"] == 1 << 20
     _malign("train", "--preset", "tiny", "--set", f"training.init_from={model}",
             "--set", "training.steps=2", "--set", "training.warmup_steps=1",
             "--set", "training.steps_per_checkpoint=2", "--set", "training.global_batch_size=4",
