@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard_events import read_scalars
 
 import malign
 from malign.config import ConfigError, DataConfig, ExperimentConfig, TrainingConfig
@@ -273,17 +274,8 @@ def test_config_of_a_run_without_training_state_is_replaced(tmp_path):
 
 # -- TensorBoard scalars at every interval ----------------------------------------------------
 
-def _scalars(log_dir) -> dict[str, dict[int, float]]:
-    tags: dict[str, dict[int, float]] = {}
-    for path in tf.io.gfile.glob(str(log_dir / "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tags.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
-    return tags
-
-
 def _scalar_steps(log_dir, tag) -> list[int]:
-    return sorted(_scalars(log_dir).get(tag, {}))
+    return sorted(read_scalars(log_dir).get(tag, {}))
 
 
 @pytest.mark.parametrize("interval, every, want", [(4, 5, [5, 10, 12]), (6, 3, [3, 6, 9, 12])])
@@ -292,7 +284,7 @@ def test_every_interval_reaches_tensorboard(tmp_path, interval, every, want):
     last), whether or not the checkpoint interval is a multiple of it."""
     exp = _tiny(steps=12, steps_per_checkpoint=interval, log_every_steps=every, warmup_steps=2)
     model, history = train(exp, tmp_path, verbose=0)
-    tags = _scalars(tmp_path / "logs" / "train")
+    tags = read_scalars(tmp_path / "logs" / "train")
     for tag in ("loss", "temperature", "learning_rate", "steps_per_second"):
         assert sorted(tags[tag]) == want, tag
     schedule = malign.training.make_schedule(exp.training)

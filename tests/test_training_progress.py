@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard_events import read_scalars
 
 from malign import training_progress
 from malign.training_progress import ProgressLog, ScalarLog, format_duration, logged_steps
@@ -111,15 +112,6 @@ def test_progress_line_with_keras_output_on_is_a_line_of_its_own(monkeypatch):
     ]
 
 
-def _events(log_dir) -> dict[str, dict[int, float]]:
-    tags: dict[str, dict[int, float]] = {}
-    for path in tf.io.gfile.glob(str(log_dir / "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                tags.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
-    return tags
-
-
 @pytest.mark.parametrize("start, total, interval, every", [
     (0, 100, 25, 10), (0, 100, 25, 20), (0, 12, 4, 5), (0, 12, 6, 3), (40, 100, 20, 15),
 ])
@@ -128,7 +120,7 @@ def test_scalars_reach_tensorboard_at_every_global_interval(tmp_path, monkeypatc
     cb = ScalarLog(tmp_path, total_steps=total, every=every)
     _drive([cb], monkeypatch, start=start, total=total, interval=interval,
            loss=lambda step: float(step) ** 0.5)
-    tags = _events(tmp_path)
+    tags = read_scalars(tmp_path)
     want = logged_steps(start, total, every)
     for tag in ("loss", "temperature", "learning_rate", "steps_per_second"):
         assert sorted(tags[tag]) == want, tag
