@@ -94,6 +94,8 @@ _MIN_LANES = 512
 _SLACK_LANES = 8
 # Candidate pairs given their reference score at a time (their float64 copies are scratch).
 _RESCORE_BYTES = 4 * 2**20
+# Score blocks of fewer elements are computed without the worker thread.
+_THREADED_BLOCK = 1 << 16
 # Elements of a tile of the brute-force reference.
 _REFERENCE_TILE = 1 << 15
 
@@ -122,7 +124,7 @@ def _lanes_for(gallery_block: int, k: int) -> int:
 
 def _rescore_pairs(qb: int, gb: int, dim: int, itemsize: int) -> int:
     """Candidate pairs rescored at a time: their scratch is at most 4 MiB and 1/8 of a score block."""
-    per_pair = dim * (2 * itemsize + 16)
+    per_pair = dim * (2 * itemsize + 24)
     return max(16, min(_RESCORE_BYTES, qb * gb * itemsize // 8) // per_pair)
 
 
@@ -140,7 +142,7 @@ def _working_bytes(qb: int, gb: int, dim: int, k: int, itemsize: int) -> int:
     # One crowded row (near-tied scores): its candidates' indices, groups and scores.
     crowded = gb * (7 * 8 + 4 * itemsize + 1)
     pairs = _rescore_pairs(qb, gb, dim, itemsize)
-    rescore = pairs * (dim * (2 * itemsize + 16) + 24)
+    rescore = pairs * (dim * (2 * itemsize + 24) + 24)
     bounds = qb * 8 * 6 + gb * 16  # norms, error bounds, thresholds
     return scores + casts + lane_max + scratch + merge + crowded + rescore + bounds
 
@@ -265,9 +267,10 @@ def similarity_matrix(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         columns = np.asarray(gallery[g0 : g0 + width], np.float64).T.copy()  # [D, width]
         for q0 in range(0, num_queries, rows):
             q = np.asarray(queries[q0 : q0 + rows], np.float64)
-            acc = np.zeros((q.shape[0], columns.shape[1]))
+            # The same additions, in the same order, as _pair_scores' accumulate.
+            acc = np.multiply.outer(q[:, 0], columns[0])
             product = np.empty_like(acc)
-            for d in range(dim):  # the same additions, in the same order, as _pair_scores
+            for d in range(1, dim):
                 np.multiply.outer(q[:, d], columns[d], out=product)
                 acc += product
             out[q0 : q0 + rows, g0 : g0 + width] = acc
@@ -278,19 +281,12 @@ def _pair_scores(queries: np.ndarray, gallery: np.ndarray, rows: np.ndarray, col
                  piece: int) -> np.ndarray:
     """Reference scores of the pairs ``(queries[rows[i]], gallery[cols[i]])``, ``piece`` at a time."""
     out = np.empty(rows.size)
-    dim = queries.shape[1]
     for p0 in range(0, rows.size, piece):
-        r, c = rows[p0 : p0 + piece], cols[p0 : p0 + piece]
-        q = np.empty((dim, r.size))  # [D, n] float64, one dimension per row
-        g = np.empty((dim, r.size))
-        q[...] = queries[r].T
-        g[...] = gallery[c].T
-        acc = np.zeros(r.size)
-        product = np.empty(r.size)
-        for d in range(dim):  # the same additions, in the same order, as similarity_matrix
-            np.multiply(q[d], g[d], out=product)
-            acc += product
-        out[p0 : p0 + r.size] = acc
+        products = np.asarray(queries[rows[p0 : p0 + piece]], np.float64)  # [n, D]
+        products *= gallery[cols[p0 : p0 + piece]]
+        # ufunc.accumulate adds strictly left to right: r[d] = r[d - 1] + products[d].
+        np.add.accumulate(products, axis=1, out=products)
+        out[p0 : p0 + products.shape[0]] = products[:, -1]
     return out
 
 
@@ -507,12 +503,17 @@ def _numpy_search(queries, gallery, k, plan: SearchPlan, dtype, check_finite):
         np.matmul(q, current["block"].T, out=scores)
         return scores, current["norm"]
 
+    # Small blocks are computed in this thread: handing them over costs more than it saves.
+    threaded = plan.query_block * plan.gallery_block >= _THREADED_BLOCK
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="malign-topk") as worker:
-        pending = worker.submit(matmul, 0)
+        pending = worker.submit(matmul, 0) if threaded else None
         for i, (g0, g1, q0, q1) in enumerate(tasks):
-            scores, gallery_norm = pending.result()
-            if i + 1 < len(tasks):
-                pending = worker.submit(matmul, i + 1)
+            if threaded:
+                scores, gallery_norm = pending.result()
+                if i + 1 < len(tasks):
+                    pending = worker.submit(matmul, i + 1)
+            else:
+                scores, gallery_norm = matmul(i)
             lanes = min(plan.lanes, g1 - g0)
             lane_max = lane_buffer[: (q1 - q0) * lanes].reshape(q1 - q0, lanes)
             _lane_maxima(scores, lanes, lane_max)
