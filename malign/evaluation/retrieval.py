@@ -14,11 +14,11 @@ float64 (exact for float32 inputs), summed in float64 in the order
 they sit in a block, the block's shape, the backend or the BLAS library, so
 identical embeddings (a photo stored twice) always get bit-identical scores;
 and it is within about ``D * 1e-16`` (relative) of the exact inner product,
-so it orders distinct items as a float64 matmul would.
-A BLAS matmul does not have that property: it sums in an order that depends
-on the block shape and on the position inside the block (matrix-vector
-products for a block of one row, different kernels at block edges), so the
-same pair can differ in its last bits from one budget or backend to another.
+so it orders distinct items as a float64 matmul would. A BLAS matmul does
+not have that property: it sums in an order that depends on the block shape
+and on the position inside the block (matrix-vector products for a block of
+one row, different kernels at block edges), so the same pair can differ in
+its last bits from one budget or backend to another.
 ``similarity_matrix`` computes the full matrix of reference scores.
 
 Ordering and ties: results are sorted by descending reference score; equal
@@ -32,13 +32,14 @@ How it stays fast: each block is first scored with one BLAS matmul. A BLAS
 score differs from the reference score by at most
 ``err = 2 (D + 2) u |q| max|g|`` (``u`` the unit roundoff of the inputs'
 dtype, 2^-24 for float32: the standard bound of a dot product summed in any
-order, with a margin, plus a term for flushed subnormals). So only items whose BLAS
-score is within ``err`` of the running k-th best (and within ``2 err`` of the
-block's k-th best) can enter the top k; those few candidates get their
-reference score, and the running top k is merged by reference score and
-index. Candidates that tie in BLAS score and have identical embeddings share
-one reference computation, so a gallery with many copies of one embedding
-stays fast.
+order, with a margin, plus a term for flushed subnormals; see
+``score_error_bound``). So only items whose BLAS score is within ``err`` of
+the running k-th best (and within ``2 err`` of the block's k-th best) can
+enter the top k; those few candidates get their reference score, and the
+running top k is merged by reference score and index. When a query has many
+near-tied candidates in a block, those with equal BLAS scores and identical
+embeddings share one reference computation, so a gallery with thousands of
+copies of one embedding stays fast.
 
 Two backends:
 
