@@ -95,6 +95,8 @@ _MIN_LANES = 512
 _SLACK_LANES = 8
 # Candidate pairs given their reference score at a time (their float64 copies are scratch).
 _RESCORE_BYTES = 4 * 2**20
+# Odd 64-bit multiplier of the row hash that finds identical gallery rows.
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 # Score blocks of fewer elements are computed without the worker thread.
 _THREADED_BLOCK = 1 << 16
 # Elements of a tile of the brute-force reference.
@@ -140,8 +142,9 @@ def _working_bytes(qb: int, gb: int, dim: int, k: int, itemsize: int) -> int:
     # row and gallery ids, reference scores and the merge's arrays.
     scratch = min(qb, 256) * (k + _SLACK_LANES) * per_lane * (itemsize + 8 + 2 + 96)
     merge = qb * (k + _SLACK_LANES * 4) * 40
-    # One crowded row (near-tied scores): its candidates' indices, groups and scores.
-    crowded = gb * (7 * 8 + 4 * itemsize + 1)
+    # One crowded row (near-tied scores): its candidates' indices, groups and scores;
+    # the block's identical rows (hash, order, first copy, comparisons).
+    crowded = gb * (6 * 8 + 2 * itemsize + 1) + gb * (8 * 8 + 32)
     pairs = _rescore_pairs(qb, gb, dim, itemsize)
     rescore = pairs * (dim * (2 * itemsize + 24) + 24)
     bounds = qb * 8 * 6 + gb * 16  # norms, error bounds, thresholds
@@ -493,6 +496,7 @@ def _numpy_search(queries, gallery, k, plan: SearchPlan, dtype, check_finite):
     current: dict = {}
     pairs = _rescore_pairs(plan.query_block, plan.gallery_block, dim, dtype.itemsize)
     query_norms = np.concatenate([_norms(_as_block(queries, q0, q1, dtype, False)) for q0, q1 in query_blocks])
+    copies = _Copies(gallery)
 
     def matmul(i: int):
         g0, g1, q0, q1 = tasks[i]
@@ -519,7 +523,7 @@ def _numpy_search(queries, gallery, k, plan: SearchPlan, dtype, check_finite):
             lane_max = lane_buffer[: (q1 - q0) * lanes].reshape(q1 - q0, lanes)
             _lane_maxima(scores, lanes, lane_max)
             err = score_error_bound(query_norms[q0:q1], gallery_norm, dim, dtype)
-            state = _Running(k, queries, gallery, q0, top_scores[q0:q1], top_index[q0:q1], pairs)
+            state = _Running(k, queries, gallery, q0, top_scores[q0:q1], top_index[q0:q1], pairs, copies)
             _reduce_block(scores, lane_max, g0, err, state)
     return top_scores, top_index
 
@@ -534,6 +538,47 @@ def _lane_maxima(scores: np.ndarray, lanes: int, out: np.ndarray) -> None:
         np.maximum(out[:, :tail], scores[:, full * lanes :], out=out[:, :tail])
 
 
+class _Copies:
+    """Identical rows of the gallery block being reduced, found on first use.
+
+    ``first(start, width)[j]`` is the first row of the block ``start:start +
+    width`` whose values equal those of row ``j`` (``j`` itself when none
+    before it does). Rows are grouped by a 64-bit hash of their bits and each
+    row is then compared with its group's first row, so a hash collision only
+    costs sharing, never a wrong score.
+    """
+
+    def __init__(self, gallery):
+        self.gallery, self.start, self.rows = gallery, None, None
+
+    def first(self, start: int, width: int) -> np.ndarray:
+        if self.start != start:
+            self.start, self.rows = start, _first_copies(self.gallery, start, start + width)
+        return self.rows
+
+
+def _first_copies(gallery, start: int, stop: int) -> np.ndarray:
+    rows, dim = stop - start, gallery.shape[1]
+    unsigned = np.dtype(f"u{gallery.dtype.itemsize}")
+    digest = np.zeros(rows, np.uint64)
+    for d in range(dim):  # wrapping polynomial hash of the rows' bits
+        digest *= _HASH_MULTIPLIER
+        digest += np.asarray(gallery[start:stop, d]).view(unsigned)
+    order = np.argsort(digest, kind="stable")
+    ordered = digest[order]
+    new = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    first = np.empty(rows, np.int64)
+    first[order] = order[np.flatnonzero(new)][np.cumsum(new) - 1]
+    check = np.flatnonzero(first != np.arange(rows))
+    step = max(16, rows * 32 // (dim * (2 * gallery.dtype.itemsize + 1)))  # 32 bytes per row of scratch
+    for p0 in range(0, check.size, step):
+        c = check[p0 : p0 + step]
+        # Equal values give equal reference scores (a signed zero changes no sum).
+        differ = ~(gallery[start + c] == gallery[start + first[c]]).all(axis=1)
+        first[c[differ]] = c[differ]
+    return first
+
+
 class _Running:
     """The running top k of the queries ``q0, q0 + 1, ...`` (views into the outputs), updated in place.
 
@@ -542,9 +587,9 @@ class _Running:
     and ``gallery`` arrays.
     """
 
-    def __init__(self, k: int, queries, gallery, q0: int, top_scores, top_index, pairs: int):
+    def __init__(self, k: int, queries, gallery, q0: int, top_scores, top_index, pairs: int, copies: _Copies):
         self.k, self.queries, self.gallery, self.q0 = k, queries, gallery, q0
-        self.top_scores, self.top_index, self.pairs = top_scores, top_index, pairs
+        self.top_scores, self.top_index, self.pairs, self.copies = top_scores, top_index, pairs, copies
         # kth[r]: the k-th best reference score so far (-inf until k items were seen).
         self.kth = top_scores[:, k - 1]
 
@@ -565,26 +610,14 @@ class _Running:
         if width > k:
             kth_row = np.partition(row_scores, width - k)[width - k]
             t = max(t, _round_down(np.float64(kth_row) - 2 * err, row_scores.dtype))
-        index = np.flatnonzero(row_scores >= t)  # ascending
+        index = np.flatnonzero(row_scores >= t)
         if index.size == 0:
             return
-        # Candidates with equal BLAS scores and identical embeddings share one
-        # reference score (so many copies of one embedding cost one computation).
-        _, first, group = np.unique(row_scores[index], return_index=True, return_inverse=True)
-        lead = index[first][group]
+        # Identical embeddings share one reference score (so thousands of copies of
+        # one embedding cost one computation).
+        first, inverse = np.unique(self.copies.first(offset, width)[index], return_inverse=True)
+        values = self.scores(np.full(first.size, r), first + offset)[inverse]
         index += offset
-        lead += offset
-        same = np.ones(index.size, bool)
-        step = max(1, self.pairs)
-        for p0 in range(0, index.size, step):
-            # Equal values give equal reference scores (a signed zero changes no sum).
-            a, b = self.gallery[index[p0 : p0 + step]], self.gallery[lead[p0 : p0 + step]]
-            same[p0 : p0 + step] = (a == b).all(axis=1)
-        own = np.flatnonzero(~same | (lead == index))  # pairs that need their own computation
-        values = np.empty(index.size)
-        values[own] = self.scores(np.full(own.size, r), index[own])
-        shared = np.flatnonzero(same & (lead != index))
-        values[shared] = values[np.searchsorted(index, lead[shared])]
         keep = values > self.kth[r]
         index, values = index[keep], values[keep]
         if index.size > k:
@@ -674,6 +707,7 @@ def _tensorflow_search(queries, gallery, k, plan: SearchPlan, dtype, device, che
     top_scores = np.full((num_queries, k), -np.inf)  # reference scores, float64
     top_index = np.full((num_queries, k), -1, np.int64)
     pairs = _rescore_pairs(plan.query_block, plan.gallery_block, dim, dtype.itemsize)
+    copies = _Copies(gallery)
     scope = tf.device(device) if device else contextlib.nullcontext()
     tf32 = dtype == np.float32 and tf.config.experimental.tensor_float_32_execution_enabled()
     if tf32:  # TensorFloat-32 rounds the inputs to 10-bit mantissas: far above the error bound
@@ -692,7 +726,9 @@ def _tensorflow_search(queries, gallery, k, plan: SearchPlan, dtype, device, che
                 for q0, q1, q, q_tensor, q_norms in blocks:
                     values, positions = step(q_tensor, g)
                     err = score_error_bound(q_norms, norm, dim, dtype)
-                    state = _Running(k, queries, gallery, q0, top_scores[q0:q1], top_index[q0:q1], pairs)
+                    state = _Running(
+                        k, queries, gallery, q0, top_scores[q0:q1], top_index[q0:q1], pairs, copies
+                    )
                     _reduce_top(values.numpy().astype(dtype, copy=False), positions.numpy(), q, block, g0, err, state)
                 del g
     finally:

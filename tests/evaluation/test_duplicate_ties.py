@@ -323,3 +323,37 @@ def test_zero_shot_ties_go_to_the_class_stored_first():
     assert got["top1"] == float(np.mean(rank < 1) * 100.0)
     assert got["top5"] == float(np.mean(rank < 5) * 100.0)
     assert not (rank[labels == 6] == 0).any() and not (rank[labels == 7] == 0).any()
+
+
+def test_many_copies_stay_within_the_memory_budget():
+    import tracemalloc
+
+    rng = np.random.default_rng(12)
+    source = _spread(rng, 1001, np.zeros(5999, np.int64))     # 6000 copies of item 0 among 7000
+    distinct = np.concatenate([_unit(rng, 1), _unit(rng, 1000)])
+    gallery = distinct[source]
+    queries = (distinct[:1] + 0.05 * _unit(rng, 50)).astype(np.float32)
+    budget = 2**20
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        scores, index = top_k_search(queries, gallery, K, memory_budget_bytes=budget)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget + scores.nbytes + index.nbytes + 50 * 8, peak
+    np.testing.assert_array_equal(index, np.tile(np.flatnonzero(source == 0)[:K], (50, 1)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "tensorflow"])
+def test_copies_in_other_dtypes(backend):
+    # float16 gallery and float64 queries: the reference score uses the stored values.
+    rng = np.random.default_rng(8)
+    base = _unit(rng, 500).astype(np.float16)
+    source = _spread(rng, 500, rng.choice(500, 100, replace=False))
+    queries = (base[rng.integers(0, 500, 30)] + 0.3 * _unit(rng, 30)).astype(np.float64)
+    distinct = queries @ base.astype(np.float64).T
+    want = _expected_order(distinct, np.arange(30), source)[1][:, :K]
+    scores, index = top_k_search(queries, base[source], K, backend=backend, gallery_block=77)
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_array_equal(scores, brute_force_top_k(queries, base[source], K)[0])
