@@ -37,9 +37,10 @@ order, with a margin, plus a term for flushed subnormals; see
 the running k-th best (and within ``2 err`` of the block's k-th best) can
 enter the top k; those few candidates get their reference score, and the
 running top k is merged by reference score and index. When a query has many
-near-tied candidates in a block, those with equal BLAS scores and identical
-embeddings share one reference computation, so a gallery with thousands of
-copies of one embedding stays fast.
+near-tied candidates in a block, identical embeddings among them (found once
+per block by a hash of their bits, then compared) share one reference
+computation, so a gallery with thousands of copies of one embedding stays
+fast.
 
 Two backends:
 
