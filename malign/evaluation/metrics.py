@@ -12,19 +12,25 @@ Protocol (the one the ALIGN paper reports for Flickr30K, MSCOCO and Multi30K):
 * ``mean_recall`` (mR) is the mean of R@1, R@5 and R@10 of both directions.
   Values are percentages.
 * Scores are inner products of the embeddings (pass L2-normalised embeddings
-  for cosine similarity).
+  for cosine similarity), computed as the reference scores of
+  ``malign.evaluation.retrieval``: float64 products summed in the order of the
+  dimensions. A score depends only on the two embeddings, so an image or
+  caption stored twice gets exactly the same scores as its copy, whatever the
+  backend, memory budget or block a search puts it in.
 
 Ties are broken deterministically: among equal scores, the item with the
-smaller index ranks first. The 0-based rank of a ground-truth item is
-therefore ``#(scores > s) + #(scores == s at smaller index)``, and for an
-image with several captions, the rank of its best-ranked caption. A model
+smaller index ranks first (``TIE_RULE``). The 0-based rank of a ground-truth
+item is therefore ``#(scores > s) + #(scores == s at smaller index)``, and for
+an image with several captions, the rank of its best-ranked caption. A model
 that gives every item the same score is thus credited only when the answer
-happens to come first in storage order, never by chance.
+happens to come first in storage order, never by chance; of two identical
+copies of an image, only the first can be found at rank 0.
 
 ``retrieval_metrics`` takes embeddings and runs the exact, memory-bounded
 search of ``malign.evaluation.retrieval`` in both directions, so it scales to
 galleries far larger than a test set. ``retrieval_metrics_from_similarity``
-takes a full similarity matrix and counts ranks directly; the two agree.
+takes a full similarity matrix and counts ranks directly; given
+``similarity_matrix(image_emb, text_emb)`` the two agree exactly.
 
 Example:
     >>> import numpy as np
@@ -262,7 +268,9 @@ def retrieval_metrics(
     Exact at any gallery size: both directions run ``top_k_search`` with
     ``k = max(ks)``, which holds one block of the similarity matrix at a time
     within ``memory_budget_bytes``; the tie rule is the module's (ascending
-    index among equal scores).
+    index among equal scores). The result does not depend on the budget or
+    the backend, and equals ``retrieval_metrics_from_similarity`` of
+    ``malign.evaluation.retrieval.similarity_matrix(image_emb, text_emb)``.
 
     Args:
         image_emb: ``[num_images, D]`` image embeddings.
