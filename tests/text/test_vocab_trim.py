@@ -272,3 +272,32 @@ def test_multi30k_train_trim_keeps_val_segmentation(vocab_path, m30k_captions, t
         other = m30k_captions["val"]["cs"][:200]
         identical, differing, unseen = _compare(full, small, result.old_ids, other)
         assert differing > 0
+
+
+def test_multi30k_larger_vocab_trimmed_on_a_subset(m30k_captions, tmp_path):
+    """A 4000-piece vocabulary trained on all 4x4000 train captions, trimmed on 1000 captions
+    per language: the other 12000 train captions and the val captions segment identically
+    unless they need a piece the subset never used (then into kept pieces or bytes)."""
+    from malign.text import train_vocabulary, trim_vocabulary
+
+    files = []
+    for lang in LANGS:
+        path = tmp_path / f"train.{lang}.txt"
+        path.write_text("\n".join(m30k_captions["train"][lang]) + "\n", encoding="utf-8")
+        files.append(str(path))
+    full_path = train_vocabulary(files, 4000, tmp_path / "full4k", verbose=False, num_threads=1)
+    subset = [s for lang in LANGS for s in m30k_captions["train"][lang][:1000]]
+    result = trim_vocabulary(full_path, subset, tmp_path / "sub")
+    assert result.pieces_before == 4000 and result.pieces_after < 4000
+    full, small = _processor(full_path), _processor(result.model_path)
+    assert _compare(full, small, result.old_ids, subset) == (len(subset), 0, 0)
+    rest = [s for lang in LANGS for s in m30k_captions["train"][lang][1000:]]
+    val = [s for lang in LANGS for s in m30k_captions["val"][lang]]
+    shares = {}
+    for name, sentences in (("train[1000:]", rest), ("val", val)):
+        identical, differing, unseen = _compare(full, small, result.old_ids, sentences)
+        assert differing <= unseen and identical + differing == len(sentences)
+        shares[name] = differing / len(sentences)
+    print(f"\n4000 -> {result.pieces_after} pieces; share of sentences segmented differently "
+          f"(all needing a trimmed piece): {shares}")
+    assert 0 < shares["val"] < 0.5
