@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TrimResult", "load_trim_ids", "trim_token_embedding", "trim_vocabulary"]
+__all__ = ["TrimResult", "iter_corpus", "load_trim_ids", "trim_token_embedding", "trim_vocabulary"]
 
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 

@@ -225,6 +225,24 @@ def test_cli_trim_writes_tokenizer_and_model(vocab_path, synthetic_split, tmp_pa
     assert small.vocabulary_size == stats["pieces_after"]
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--corpus", "no/such/corpus.txt"], "trim corpus file not found: no/such/corpus.txt"),
+    (["--corpus", "{corpus}", "--keras-model", "m.keras"], "--keras-model and --keras-out go together"),
+    (["--corpus", "{corpus}", "--min-count", "0"], "min_count must be an integer >= 1"),
+])
+def test_cli_trim_errors(vocab_path, tmp_path, extra, message):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("ein Hund\n", encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "malign.cli", "tokenizer", "trim", "--model", str(vocab_path),
+         "--out", str(tmp_path / "x")] + [a.format(corpus=corpus) for a in extra],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not (tmp_path / "x.model").exists()
+
+
 @pytest.fixture(scope="module")
 def m30k_captions(multi30k_mini) -> dict[str, dict[str, list[str]]]:
     import gzip
