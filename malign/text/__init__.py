@@ -2,6 +2,9 @@
 
 - :func:`train_vocabulary` trains a SentencePiece unigram vocabulary with byte fallback and
   language-balanced sampling; ``malign tokenizer train`` is its command line.
+- :func:`trim_vocabulary` keeps the pieces a corpus uses (a smaller tokenizer with the same
+  segmentation of that text) and :func:`trim_token_embedding` the matching embedding rows;
+  ``malign tokenizer trim`` is their command line.
 - :class:`SentencePieceTokenizer` and :class:`WordPieceTokenizer` are Keras layers that map
   strings to ``{"token_ids", "padding_mask"}`` in the TensorFlow graph.
 - :mod:`malign.text.bert_normalization` holds BERT's text rules (cleaning, CJK, accents,
@@ -26,6 +29,7 @@ from malign.text.tokenizers import (
     tokenizer_from_file,
     wordpiece_settings,
 )
+from malign.text.trim import TrimResult, trim_token_embedding, trim_vocabulary
 from malign.text.vocabulary import (
     CLS_ID,
     MASK_ID,
@@ -46,11 +50,14 @@ __all__ = [
     "SPECIAL_TOKENS",
     "UNK_ID",
     "SentencePieceTokenizer",
+    "TrimResult",
     "WordPieceTokenizer",
     "balanced_sample_sizes",
     "language_from_filename",
     "test_vocab_path",
     "tokenizer_from_file",
+    "trim_token_embedding",
+    "trim_vocabulary",
     "wordpiece_settings",
     "train_vocabulary",
 ]

@@ -1,8 +1,10 @@
-"""``malign tokenizer``: train a shared vocabulary, or look at how text is tokenized.
+"""``malign tokenizer``: train a shared vocabulary, trim it to a corpus, or look at tokenization.
 
 Example:
     $ malign tokenizer train --input data/train.en.gz data/train.de.gz zh=zh.txt \
         --vocab-size 32000 --out vocab/malign32k
+    $ malign tokenizer trim --model vocab/malign32k.model --corpus data/train.de.gz \
+        --out vocab/de --keras-model teacher.keras --keras-out student-de.keras
     $ malign tokenizer encode --model vocab/malign32k.model "Zwei rote Kreise"
 """
 
@@ -34,6 +36,40 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trim(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from malign.text.trim import trim_vocabulary
+
+    if (args.keras_model is None) != (args.keras_out is None):
+        raise SystemExit("malign tokenizer trim: --keras-model and --keras-out go together")
+    result = trim_vocabulary(
+        args.model, [Path(p) for p in args.corpus], args.out, min_count=args.min_count,
+        keep=args.keep or (),
+    )
+    stats = result.stats
+    print(f"pieces: {result.pieces_before} -> {result.pieces_after} "
+          f"({100 * result.pieces_after / result.pieces_before:.1f}%)")
+    print(f"corpus: {stats['corpus_sentences']} sentences, {stats['corpus_tokens']} tokens, "
+          f"{stats['corpus_distinct_pieces']} distinct pieces; token coverage "
+          f"{100 * stats['corpus_token_coverage']:.3f}%, sentences segmented differently: "
+          f"{stats['corpus_sentences_changed']}")
+    print(f"wrote {result.model_path}, {result.vocab_path}, {result.ids_path}, {result.stats_path}")
+    if args.keras_model:
+        import keras
+
+        import malign  # noqa: F401  registers the model classes
+        from malign.models.align_model import count_params
+        from malign.text.trim import trim_token_embedding
+
+        model = keras.saving.load_model(args.keras_model, compile=False)
+        small = trim_token_embedding(model, result)
+        small.save(args.keras_out)
+        print(f"model: {count_params(model):,} -> {count_params(small):,} weights; wrote "
+              f"{args.keras_out}")
+    return 0
+
+
 def _encode(args: argparse.Namespace) -> int:
     import sentencepiece as spm
 
@@ -51,7 +87,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``malign tokenizer {train,encode}``.
+    """Adds ``malign tokenizer {train,trim,encode}``.
 
     Args:
         subparsers: the ``malign`` command's sub-parsers.
@@ -96,6 +132,32 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(func=_train)
+
+    trim = commands.add_parser(
+        "trim",
+        help="keep the pieces a corpus uses: a smaller tokenizer (and model) for its languages",
+        description=(
+            "Tokenize a corpus in the target languages with a full SentencePiece unigram model "
+            "and write a model with only the pieces it uses, plus the special pieces (ids 0-4 "
+            "unchanged) and the 256 byte pieces. The corpus's sentences segment into the same "
+            "pieces as before (checked); other text of those languages too unless it needs a "
+            "piece the corpus never used. Writes PREFIX.model, PREFIX.vocab, PREFIX.ids.npy "
+            "(the full model's embedding rows to keep) and PREFIX.trim.json."
+        ),
+    )
+    trim.add_argument("--model", required=True, help="the full SentencePiece .model")
+    trim.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                      help="text files, one sentence a line (.gz ok; .tsv: lang<TAB>text)")
+    trim.add_argument("--out", required=True, metavar="PREFIX", help="output path prefix")
+    trim.add_argument("--min-count", type=int, default=1,
+                      help="drop pieces used fewer times (default 1: keep every used piece; "
+                      "above 1 the segmentation of text using a dropped piece changes)")
+    trim.add_argument("--keep", nargs="+", metavar="PIECE", help="further pieces to keep")
+    trim.add_argument("--keras-model", default=None, metavar="IN.keras",
+                      help="also trim this AlignModel's token embedding (with --keras-out)")
+    trim.add_argument("--keras-out", default=None, metavar="OUT.keras",
+                      help="where to write the trimmed AlignModel")
+    trim.set_defaults(func=_trim)
 
     encode = commands.add_parser(
         "encode", help="show pieces and ids of texts",
