@@ -136,8 +136,8 @@ def test_ambiguous_and_unknown_overrides():
 @pytest.mark.parametrize("overrides, field", [
     ({"training.global_batch_size": 1}, "training.global_batch_size"),
     ({"training.optimizer": "sgd"}, "training.optimizer"),
-    ({"model.image.image_size": 4}, "image_tower.image_size"),
-    ({"model.text.num_heads": 3}, "text_tower.hidden_dim"),
+    ({"model.image.image_size": 4}, r"model\.image\.image_size"),   # the path --set takes
+    ({"model.text.num_heads": 3}, r"model\.text\.hidden_dim"),
     ({"training.steps": "many"}, "training.steps"),
     ({"training.warmup": 3}, "'training.warmup'"),
 ])
