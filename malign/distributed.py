@@ -65,8 +65,19 @@ def configure_logical_cpus(n: int) -> list:
     return logical
 
 
+# Strategies made in this process, by spec: see get_strategy.
+_STRATEGIES: dict[tuple[str, str | None], tf.distribute.Strategy] = {}
+
+
 def get_strategy(spec: str = "default", tpu: str | None = None) -> tf.distribute.Strategy:
     """Returns a ``tf.distribute`` strategy for a spec string.
+
+    The same spec gives the same strategy object for the life of the process (a second
+    ``train()``, a distillation after training, a test after another): two
+    MirroredStrategy objects over the same devices clash in their collective instance
+    keys once both have run ("Collective instance 100 expected type 2 ... but got type
+    0"), a TPU system is initialised once, and MultiWorkerMirroredStrategy can be made
+    only once per process.
 
     Args:
         spec: one of
@@ -88,6 +99,13 @@ def get_strategy(spec: str = "default", tpu: str | None = None) -> tf.distribute
     spec = (spec or "default").strip().lower()
     if spec == "default":
         return tf.distribute.get_strategy()
+    key = (spec, tpu)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = _make_strategy(spec, tpu)
+    return _STRATEGIES[key]
+
+
+def _make_strategy(spec: str, tpu: str | None) -> tf.distribute.Strategy:
     if spec.startswith("cpu:"):
         try:
             n = int(spec.split(":", 1)[1])

@@ -23,17 +23,6 @@ LR = 0.5
 HERE = Path(__file__).resolve().parent
 
 
-_CPU4 = []
-
-
-def _cpu4() -> tf.distribute.Strategy:
-    """One cpu:4 MirroredStrategy for the fit tests of this process: fit on a second
-    instance over the same devices clashed with the first's collective instance keys."""
-    if not _CPU4:
-        _CPU4.append(distributed.get_strategy("cpu:4"))
-    return _CPU4[0]
-
-
 def _build(strategy, init_weights):
     with strategy.scope():
         model = malign.AlignModel.from_preset("tiny")
@@ -93,7 +82,7 @@ def _assert_weights_equal(got: dict, want: dict):
 def test_four_replicas_equal_single_device(reference):
     # One device set per process: TensorFlow's collective group keys clash when
     # MirroredStrategies over different device sets run collectives in one process.
-    strategy = _cpu4()
+    strategy = distributed.get_strategy("cpu:4")
     assert strategy.num_replicas_in_sync == 4
     grads, loss = _gradients(strategy, _build(strategy, reference["init"]), reference["batch"])
     assert abs(loss - reference["loss"]) <= 1e-5
@@ -118,7 +107,7 @@ def test_four_replicas_equal_single_device_with_fused_lamb(reference):
                          weight_decay=0.1)
     weights = {}
     for spec in ("default", "cpu:4"):
-        strategy = _cpu4() if spec == "cpu:4" else distributed.get_strategy(spec)
+        strategy = distributed.get_strategy("cpu:4") if spec == "cpu:4" else distributed.get_strategy(spec)
         with strategy.scope():
             model = malign.AlignModel.from_preset("tiny")
             model.compile(optimizer=make_optimizer(cfg, fused_min_size=10_000))
@@ -140,6 +129,12 @@ def test_without_loss_scaling_the_step_is_n_times_too_large(reference, monkeypat
     grads, _ = _gradients(strategy, _build(strategy, reference["init"]), reference["batch"])
     ratio = np.linalg.norm(grads[-1]) / np.linalg.norm(reference["grads"][-1])
     assert ratio == pytest.approx(4.0, rel=1e-4)
+
+
+def test_one_strategy_per_spec_per_process():
+    """A second MirroredStrategy over the same devices clashed with the first's collective
+    instance keys once both had run: get_strategy hands out one object per spec."""
+    assert distributed.get_strategy("cpu:4") is distributed.get_strategy(" CPU:4 ")
 
 
 def test_batch_not_divisible_names_field():
