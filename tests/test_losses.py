@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from numerics import numeric_grad
 
 from malign import losses
 
@@ -30,16 +31,6 @@ def numpy_sigmoid(img, txt, t, b):
     logits = img @ txt.T / t + b
     signs = 2 * np.eye(len(img)) - 1
     return np.sum(np.log1p(np.exp(-signs * logits))) / len(img)
-
-
-def numeric_grad(f, x, eps=1e-5):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (f(xp) - f(xm)) / (2 * eps)
-    return g
 
 
 @pytest.fixture
