@@ -38,6 +38,19 @@ __all__ = [
 ]
 
 
+def _did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'steps'?)`` for the closest of ``choices``, or ``""``.
+
+    Example:
+        >>> _did_you_mean("step", ["steps", "seed"])
+        " (did you mean 'steps'?)"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
 
@@ -119,13 +132,17 @@ class _Config:
         for dotted, value in overrides.items():
             node = data
             parts = dotted.split(".")
-            for part in parts[:-1]:
+            for depth, part in enumerate(parts[:-1]):
                 if part not in node or not isinstance(node[part], dict):
-                    raise ConfigError(f"{self._NAME}: no config section {dotted!r} ({part!r})")
+                    sections = [k for k, v in node.items() if isinstance(v, dict)]
+                    raise ConfigError(
+                        f"no config section {'.'.join(parts[:depth + 1])!r} in --set "
+                        f"{dotted!r}{_did_you_mean(part, sections)}; sections here: "
+                        f"{', '.join(sorted(sections)) or '(none)'}")
                 node = node[part]
             if parts[-1] not in node:
                 raise ConfigError(
-                    f"{self._NAME}: unknown field {dotted!r}; "
+                    f"unknown field {dotted!r}{_did_you_mean(parts[-1], node)}; "
                     f"known here: {', '.join(sorted(node))}"
                 )
             node[parts[-1]] = value

@@ -172,3 +172,16 @@ def test_nested_errors_use_the_path_set_takes(tiny):
         tiny.with_overrides({"model.image.image_size": 4})
     with pytest.raises(ConfigError, match=r"^model\.text\.num_layers:"):
         ExperimentConfig.from_dict({"model": {"text": {"num_layers": "x"}}})
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("training.step", "unknown field 'training.step' (did you mean 'steps'?)"),
+    ("trainng.steps", "no config section 'trainng' in --set 'trainng.steps' (did you mean "
+                      "'training'?)"),
+    ("model.txt.num_layers", "no config section 'model.txt' in --set 'model.txt.num_layers' "
+                             "(did you mean 'text'?)"),
+])
+def test_a_mistyped_set_key_gets_the_closest_name(key, expected):
+    with pytest.raises(ConfigError) as error:
+        ExperimentConfig(model=get_preset("tiny")).with_overrides({key: 1})
+    assert str(error.value).startswith(expected)
