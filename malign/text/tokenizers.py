@@ -634,8 +634,11 @@ def tokenizer_from_file(
         1000
     """
     path = Path(path)
+    kinds = "a SentencePiece .model or a WordPiece vocab.txt"
+    if path.is_dir():
+        raise FileNotFoundError(f"tokenizer {path} is a directory: give the file ({kinds})")
     if not path.is_file():
-        raise FileNotFoundError(f"tokenizer not found: {path}")
+        raise FileNotFoundError(f"tokenizer not found: {path} ({kinds})")
     if path.suffix == ".txt":
         tokenizer = WordPieceTokenizer(str(path), sequence_length=sequence_length,
                                        **wordpiece_settings(path.parent))

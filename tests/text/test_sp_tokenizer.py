@@ -187,3 +187,13 @@ def test_inside_tf_data_and_tf_function(sp_tokenizer):
     np.testing.assert_array_equal(rows, fn(tf.constant(texts))["token_ids"])
     single = tf.data.Dataset.from_tensor_slices(texts).map(sp_tokenizer)
     assert single.element_spec["padding_mask"].shape.as_list() == [32]
+
+
+def test_a_tokenizer_path_that_is_not_a_file_says_what_to_give(tmp_path):
+    from malign.text import tokenizer_from_file
+
+    with pytest.raises(FileNotFoundError, match="is a directory: give the file"):
+        tokenizer_from_file(tmp_path, 16)
+    with pytest.raises(FileNotFoundError, match=r"tokenizer not found: .*nope\.model \(a "
+                                                 r"SentencePiece \.model or a WordPiece vocab"):
+        tokenizer_from_file(tmp_path / "nope.model", 16)
