@@ -207,13 +207,22 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
             "training and held-out sets."
         ),
     )
-    synthetic.add_argument("--out", required=True, metavar="PREFIX")
-    synthetic.add_argument("--n", type=int, required=True, help="number of images")
-    synthetic.add_argument("--image-size", type=int, default=64)
-    synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.add_argument("--shards", type=int, default=1)
-    synthetic.add_argument("--format", choices=("png", "jpeg"), default="png")
-    synthetic.add_argument("--quiet", action="store_true")
+    synthetic.add_argument("--out", required=True, metavar="PREFIX",
+                           help="output prefix: writes PREFIX-00000-of-00001.tfrecord ... and "
+                           "PREFIX.summary.json")
+    synthetic.add_argument("--n", type=int, required=True, help="number of images (scenes)")
+    synthetic.add_argument("--image-size", type=int, default=64,
+                           help="side of the square images in pixels (default %(default)s)")
+    synthetic.add_argument("--seed", type=int, default=0,
+                           help="scene seed (default %(default)s); the same seed gives the same "
+                           "scenes: `malign train` on synthetic data writes its training "
+                           "scenes with training.seed and its held-out ones with "
+                           "training.seed + 100003")
+    synthetic.add_argument("--shards", type=int, default=1,
+                           help="number of shard files (default %(default)s)")
+    synthetic.add_argument("--format", choices=("png", "jpeg"), default="png",
+                           help="image file format inside the records (default %(default)s)")
+    synthetic.add_argument("--quiet", action="store_true", help="print no progress")
     synthetic.set_defaults(func=_synthetic)
 
     inspect = commands.add_parser(
