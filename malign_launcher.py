@@ -53,12 +53,29 @@ def _drop_malign_modules() -> None:
 
 
 def _parse_light(argv: list[str]):
-    """Parses ``argv`` with TensorFlow-free stubs; argparse exits on --help and errors."""
+    """Parses ``argv`` with TensorFlow-free stubs; argparse exits on --help and errors.
+
+    A command may set ``precheck`` (a TensorFlow-free function of the parsed arguments,
+    e.g. ``malign train`` resolving its recipe and ``--set`` overrides): it runs here, and
+    its ``ValueError`` / ``FileNotFoundError`` ends the command with exit code 2 at once.
+    Returns ``(args, tf_logging module, error message or None)``.
+    """
     _stub_packages()
     try:
         cli = importlib.import_module(f"{PACKAGE}.cli")
-        return cli.build_parser().parse_args(argv), importlib.import_module(
-            f"{PACKAGE}.tf_logging")
+        args = cli.build_parser().parse_args(argv)
+        tf_logging = importlib.import_module(f"{PACKAGE}.tf_logging")
+        tf_logging.set_verbose(args.show_logs)
+        error = None
+        precheck = getattr(args, "precheck", None)
+        if precheck is not None:
+            try:
+                # Quiet: validating a model config may load TensorFlow (EfficientNet widths).
+                with tf_logging.quiet_tensorflow():
+                    precheck(args)
+            except (ValueError, FileNotFoundError) as failure:
+                error = f"malign {args.command}: error: {failure}"
+        return args, tf_logging, error
     finally:
         _drop_malign_modules()
 
@@ -67,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if PACKAGE not in sys.modules:
-        args, tf_logging = _parse_light(argv)
-        tf_logging.set_verbose(args.show_logs)
+        args, tf_logging, error = _parse_light(argv)
+        if error is not None:
+            print(error, file=sys.stderr)
+            return 2
         with tf_logging.quiet_tensorflow():
             importlib.import_module(PACKAGE)
     from malign.cli import main as run

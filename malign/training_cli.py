@@ -118,4 +118,6 @@ def add_subparser(subparsers) -> None:
                         help="0: malign's progress lines (default); 1: Keras' progress bar "
                              "instead of the step lines; 2: also Keras' line per checkpoint "
                              "interval")
-    parser.set_defaults(func=_run)
+    # precheck: run by the console script before TensorFlow loads (malign_launcher), so a
+    # mistyped --set key or a bad recipe is answered at once.
+    parser.set_defaults(func=_run, precheck=_experiment_from_args)

@@ -70,3 +70,12 @@ def test_tensorflow_log_lines_are_recognised():
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
     assert not is_tensorflow_log_line("malign train: building the model")
     assert not is_tensorflow_log_line("E0000 is not a log line without a time")
+
+
+def test_a_bad_set_key_is_refused_before_any_model_is_built():
+    """`malign train`'s precheck resolves the recipe and --set overrides in the launcher."""
+    report, output = _probe("train", "--preset", "tiny", "--set", "training.step=10")
+    assert report["code"] == 2, output[-2000:]
+    assert "unknown field 'training.step' (did you mean 'steps'?)" in output
+    assert "keras_hub" not in report["heavy"] and "malign.models" not in report["heavy"]
+    assert not [line for line in output.splitlines() if is_tensorflow_log_line(line)]
