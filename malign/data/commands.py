@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from malign.data.limits import DEFAULT_MAX_IMAGE_PIXELS
+
 __all__ = ["add_subparser"]
 
 
@@ -131,9 +133,6 @@ def _add_write_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-# malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS (a test checks), written out so that
-# building the parser does not import TensorFlow.
-DEFAULT_MAX_IMAGE_PIXELS = 1 << 26
 
 
 def _add_max_pixels(parser: argparse.ArgumentParser, text: str) -> None:

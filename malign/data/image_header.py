@@ -48,11 +48,8 @@ import struct
 
 import tensorflow as tf
 
-#: The decoded-pixel limit (width x height, read from the header) that the record writer,
-#: the input pipeline and the SavedModel apply unless told otherwise: 2**26 = 67,108,864
-#: pixels (an 8192 x 8192 image; 61-megapixel camera photos fit). Decoding that many
-#: pixels takes 192 MiB as 8-bit RGB, and the crop's float copy up to four times more.
-DEFAULT_MAX_IMAGE_PIXELS = 1 << 26
+from malign.data.limits import DEFAULT_MAX_IMAGE_PIXELS
+
 #: Steps of the JPEG marker walk (a marker segment, or one junk/fill byte, per step).
 MAX_JPEG_STEPS = 1024
 #: Chunks of a WebP file looked at for the EXIF chunk.
