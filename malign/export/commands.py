@@ -51,7 +51,7 @@ def run_export(args: argparse.Namespace) -> int:
         >>> main(["export", "--model", "runs/demo/model.keras", "--out", "export/demo"])
         ... # doctest: +SKIP
     """
-    from malign import export
+    from malign.export import saved_model as export
     from malign.evaluation.commands import find_tokenizer, load_model, load_tokenizer
 
     started = time.time()
