@@ -28,6 +28,8 @@ from malign.training.checkpoints import (
     write_text_atomically,
 )
 from malign.training.fit import train
+
+from malign.training.distillation import Distiller, distill  # isort: skip (imports fit)
 from malign.training.inputs import prepare_synthetic, random_dataset, synthetic_patterns
 from malign.training.optimizers import (
     FUSED_MIN_SIZE,
@@ -55,7 +57,9 @@ __all__ = [
     "RunPlan",
     "StepCheckpoint",
     "WarmupDecay",
+    "Distiller",
     "combine_duplicate_rows",
+    "distill",
     "holds_progress",
     "initialize_from",
     "make_optimizer",

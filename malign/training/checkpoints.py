@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -18,18 +19,22 @@ class StepCheckpoint(keras.callbacks.Callback):
     Args:
         directory: where checkpoints go.
         keep: how many recent checkpoints to keep (0 = all).
+        select: maps the fitted model to the model to save (a ``Distiller`` saves its
+            student); None saves the fitted model.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, keep: int = 3,
+                 select: Callable[[keras.Model], keras.Model] | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.keep = keep
+        self.select = select
 
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         step = int(self.model.optimizer.iterations.numpy())
         final = self.directory / f"step_{step:08d}.keras"
-        save_model_atomically(self.model, final)
+        save_model_atomically(self.select(self.model) if self.select else self.model, final)
         if self.keep:
             existing = sorted(self.directory.glob("step_*.keras"))
             for old in existing[:-self.keep]:

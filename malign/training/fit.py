@@ -88,20 +88,59 @@ def _final_report(evaluator, model: AlignModel, step: int) -> dict:
 
 
 class _Timed:
-    """Prints ``malign train: <what> ...`` and, when the block ends, the seconds it took."""
+    """Prints ``<label>: <what> ...`` and, when the block ends, the seconds it took."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, label: str = "malign train"):
         self.what = what
+        self.label = label
         self.detail = ""
 
     def __enter__(self) -> _Timed:
         self.start = time.perf_counter()
-        print(f"malign train: {self.what} ...", end="", flush=True)
+        print(f"{self.label}: {self.what} ...", end="", flush=True)
         return self
 
     def __exit__(self, exc_type: Any, *exc_info: object) -> None:
         took = time.perf_counter() - self.start
         print(f" {'failed after ' if exc_type else ''}{took:.1f} s{self.detail}", flush=True)
+
+
+class TrainingJob:
+    """What ``fit_experiment`` trains: here an ``AlignModel`` on image-text pairs.
+
+    ``malign.training.distillation.DistillationJob`` overrides the model (a ``Distiller``),
+    its extra checks, its inputs and what is saved; the fit loop, checkpoints, resume,
+    TensorBoard and evaluation are shared.
+    """
+
+    #: The prefix of progress lines.
+    label = "malign train"
+
+    def check(self, plan: RunPlan) -> RunPlan:
+        """Checks beyond ``prepare_run``'s (before anything is written); may extend the plan."""
+        return plan
+
+    def build_model(self, plan: RunPlan) -> keras.Model:
+        """The model to fit (called inside the strategy's scope)."""
+        return AlignModel(plan.experiment.model)
+
+    def initialize(self, model: keras.Model, plan: RunPlan) -> None:
+        """Sets initial weights (``training.init_from``) for a run that does not resume."""
+        cfg = plan.experiment.training
+        if cfg.init_from and not plan.start_step:
+            initialize_from(model, cfg.init_from)
+
+    def prepare_inputs(self, model: keras.Model, plan: RunPlan) -> None:
+        """Work on the data before the first step (after synthetic data are written)."""
+
+    def dataset_fn(self, plan: RunPlan):
+        """The ``distribute_datasets_from_function`` argument."""
+        return dataset_factory(plan.experiment, plan.train_pattern, plan.start_step,
+                               plan.tokenizer)
+
+    def saved_model(self, model: keras.Model) -> keras.Model:
+        """The dual encoder that checkpoints and ``model.keras`` hold."""
+        return model
 
 
 def train(
@@ -137,16 +176,41 @@ def train(
     Raises:
         ConfigError: naming the field to change, before anything is written.
     """
+    model, history = fit_experiment(experiment, workdir, TrainingJob(), callbacks, verbose)
+    return model, history
+
+
+def fit_experiment(
+    experiment: ExperimentConfig,
+    workdir: str | os.PathLike,
+    job: TrainingJob,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: Any = 0,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """The fit loop of ``train`` and ``distill``: checks, then fit with checkpoints, resume,
+    progress, TensorBoard and the held-out evaluation, then ``model.keras``.
+
+    Args:
+        experiment: the experiment config.
+        workdir: the work directory.
+        job: what is trained (``TrainingJob`` or a subclass).
+        callbacks: extra Keras callbacks.
+        verbose: Keras ``fit`` verbosity (see ``train``).
+
+    Returns:
+        ``(job.saved_model(model), history)``.
+    """
     from malign.models.align_model import count_params
     from malign.training.progress import ProgressLog, ScalarLog
 
     if verbose == "auto":
         verbose = 1
-    plan = prepare_run(experiment, workdir)
+    plan = job.check(prepare_run(experiment, workdir))
     experiment, workdir, strategy = plan.experiment, plan.workdir, plan.strategy
     cfg = experiment.training
+    label = job.label
     for note in plan.notes:
-        print(f"malign train: {note}", flush=True)
+        print(f"{label}: {note}", flush=True)
     backup_dir = workdir / "backup"
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -159,31 +223,30 @@ def train(
         if plan.tokenizer is not None else None
     plan = dataclasses.replace(plan, tokenizer=tokenizer)
     try:
-        with _Timed("building the model") as timed, strategy.scope():
-            model = AlignModel(experiment.model)
+        with _Timed("building the model", label) as timed, strategy.scope():
+            model = job.build_model(plan)
             model.compile(optimizer=make_optimizer(cfg),
                           jit_compile=resolve_jit_compile(cfg, strategy))
-            timed.detail = f" ({count_params(model):,} weights)"
-        if cfg.init_from and not plan.start_step:
-            initialize_from(model, cfg.init_from)
+            timed.detail = f" ({count_params(job.saved_model(model)):,} weights)"
+        job.initialize(model, plan)
 
         # Everything is checked: from here on the run writes into its work directory.
         workdir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(workdir / "config.json", experiment.to_json() + "\n")
         if plan.start_step:
-            print(f"malign train: resuming from step {plan.start_step} (backup in {backup_dir})",
+            print(f"{label}: resuming from step {plan.start_step} (backup in {backup_dir})",
                   flush=True)
         if experiment.data.train_pattern == "synthetic":
-            prepare_synthetic(workdir / "data", experiment)
-        dataset = strategy.distribute_datasets_from_function(
-            dataset_factory(experiment, plan.train_pattern, plan.start_step, plan.tokenizer))
+            prepare_synthetic(workdir / "data", experiment, label)
+        job.prepare_inputs(model, plan)
+        dataset = strategy.distribute_datasets_from_function(job.dataset_fn(plan))
         evaluator = _retrieval_evaluator(plan, workdir / "logs")
         all_callbacks = [
             keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True,
                                              delete_checkpoint=False),
-            *([ProgressLog(cfg.steps, cfg.log_every_steps)] if verbose != 1 else []),
+            *([ProgressLog(cfg.steps, cfg.log_every_steps, label)] if verbose != 1 else []),
             ScalarLog(workdir / "logs" / "train", cfg.steps, cfg.log_every_steps),
-            StepCheckpoint(workdir / "checkpoints"),
+            StepCheckpoint(workdir / "checkpoints", select=job.saved_model),
             *([evaluator] if evaluator is not None and cfg.eval_every_steps else []),
             *(callbacks or []),
         ]
@@ -195,7 +258,8 @@ def train(
             verbose=verbose,
             shuffle=False,  # the dataset shuffles; Keras would warn that it ignores True
         )
-        save_model_atomically(model, workdir / "model.keras")
+        final = job.saved_model(model)
+        save_model_atomically(final, workdir / "model.keras")
         if plan.train_pattern != "random":
             source = resolve_tokenizer_path(experiment.data.tokenizer)
             name = "vocab.txt" if source.suffix == ".txt" else "tokenizer.model"
@@ -207,9 +271,8 @@ def train(
             evaluation.write_retrieval_report(report, workdir / "eval")
             summary = ", ".join(f"{lang} mR {m['mean_recall']:.1f}"
                                 for lang, m in report["languages"].items())
-            print(f"malign train: held-out retrieval: {summary} "
+            print(f"{label}: held-out retrieval: {summary} "
                   f"(written to {workdir / 'eval'})", flush=True)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    return model, history
-
+    return final, history

@@ -60,7 +60,8 @@ def synthetic_patterns(directory: Path) -> tuple[str, str]:
             schema.shard_pattern(str(directory / "heldout")))
 
 
-def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[str, str]:
+def prepare_synthetic(directory: Path, experiment: ExperimentConfig,
+                      label: str = "malign train") -> tuple[str, str]:
     """Writes the synthetic train and held-out sets (again if their settings changed).
 
     Each set's ``<name>.done`` records the scene count, image size and seed it was
@@ -88,7 +89,7 @@ def prepare_synthetic(directory: Path, experiment: ExperimentConfig) -> tuple[st
         directory.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(pattern):
             os.remove(stale)
-        print(f"malign train: writing {count} synthetic scenes to {prefix}-*", flush=True)
+        print(f"{label}: writing {count} synthetic scenes to {prefix}-*", flush=True)
         synthetic.write_synthetic(prefix, count, image_size=size, seed=split_seed,
                                   verbose=False)
         write_text_atomically(done, json.dumps(settings) + "\n")
