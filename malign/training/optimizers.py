@@ -299,7 +299,8 @@ def make_optimizer(cfg: TrainingConfig, fused_min_size: int = FUSED_MIN_SIZE
         beta_1=cfg.beta_1,
         beta_2=cfg.beta_2,
         epsilon=cfg.epsilon,
-        weight_decay=cfg.weight_decay or None,
+        # AdamW needs a float (0.0 = none); LAMB takes None for none.
+        weight_decay=cfg.weight_decay if cfg.optimizer == "adamw" else (cfg.weight_decay or None),
         clipnorm=None,
         global_clipnorm=cfg.clipnorm or None,
         fused_min_size=fused_min_size,
