@@ -9,10 +9,11 @@ Command (on a Cloud TPU VM; the data and tokenizer paths are placeholders that y
 Records: image-text TFRecords written by ``malign data`` (one caption or more per image, any
 languages; any ``tf.io.gfile`` path, ``gs://`` included); tokenizer: a local file, one shared
 250,000-piece SentencePiece model (``malign tokenizer train --vocab-size 250000``), the size
-of the ``malign-b7-mbert`` preset's vocabulary (``malign train`` refuses another size). Left as they are, the placeholder
-paths are refused before a model is built: ``data.train_pattern: no TFRecord files match
-'<your alt-text records>/train-*-of-*.tfrecord'``. Add ``--set data.eval_pattern=...`` and
-``--set training.eval_every_steps=...`` for retrieval on held-out records during training.
+of the ``malign-b7-mbert`` preset's vocabulary (``malign train`` refuses another size).
+Left as they are, the placeholder paths are refused before a model is built:
+``data.train_pattern: no TFRecord files match '<your alt-text records>/train-*-of-*.tfrecord'``.
+Add ``--set data.eval_pattern=...`` and ``--set training.eval_every_steps=...`` for
+retrieval on held-out records during training.
 A preempted run resumes from its last checkpoint (every 5,000 steps) when re-run with the
 same ``--workdir``.
 
