@@ -487,7 +487,8 @@ class ModelConfig(_Config):
 
     @property
     def image_embedding_dim(self) -> int:
-        from malign.models.image_tower import image_output_dim
+        # The TensorFlow-free arithmetic, so config checks run before TensorFlow loads.
+        from malign.models.sizes import image_output_dim
 
         return image_output_dim(self.image)
 
