@@ -302,10 +302,13 @@ def write_html_sheet(path: str | os.PathLike, queries: Sequence[Query], results:
         parts.append('<section class="query">')
         parts.append(f"<h2>{esc(query.label)}</h2>")
         parts.append('<div class="row">')
-        if query.kind == "image":
+        if query.kind == "image" or query_image is not None or query_path is not None:
             tag = image_tag(lambda data=query_image: data, query_path, query.value)
             parts.append(f'<figure class="query">{tag}<figcaption>query<br>{esc(query.value)}'
                          "</figcaption></figure>")
+        elif query.kind == "embedding" and query.text:
+            parts.append(f'<figure class="query"><div class="caption">{esc(query.text)}</div>'
+                         f"<figcaption>query<br>{esc(query.value)}</figcaption></figure>")
         for hit in hits:
             label = (f'<span class="rank">#{hit.rank}</span> '
                      f'<span class="score">{hit.score:.4f}</span><br>'

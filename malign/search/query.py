@@ -106,8 +106,11 @@ def search(gallery: Embeddings, queries: np.ndarray, k: int,
     ]
 
 
-def _cell(text: str, width: int) -> str:
-    text = " ".join(text.split())
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -119,7 +122,8 @@ def results_table(queries: Sequence[Query], results: Sequence[Sequence[Hit]], ga
         queries: the queries, in order.
         results: :func:`search`'s output.
         gallery: the embeddings searched (for captions and languages of a text file).
-        width: the widest a line may get (long ids and captions are cut with "…").
+        width: the widest a query line or a caption row may get (cut with "…"); image
+            ids are never cut.
 
     Example:
         >>> from malign.search.embeddings_file import normalise
@@ -134,22 +138,21 @@ def results_table(queries: Sequence[Query], results: Sequence[Sequence[Hit]], ga
     for n, (query, hits) in enumerate(zip(queries, results), start=1):
         if lines:
             lines.append("")
-        lines.append(_cell(f"query {n}: {query.label}", width))
-        id_width = max([2, *(len(h.id) for h in hits)])
+        lines.append(_cut(_one_line(f"query {n}: {query.label}"), width))
         if texts:
-            id_width = min(id_width, 8)
+            id_width = max([4, *(len(h.id) for h in hits)])
             lines.append(f"  rank   score  {'line':<{id_width}}  lang  caption")
         else:
             lines.append("  rank   score  id")
         for hit in hits:
             row = f"  {hit.rank:>4}  {hit.score:6.4f}  "
             if texts:
-                lang = gallery.langs[hit.index] if gallery.langs else ""
-                row += f"{_cell(hit.id, id_width):<{id_width}}  {lang or '-':<4}  "
-                row += gallery.source_text(hit.index)
+                lang = (gallery.langs[hit.index] if gallery.langs else "") or "-"
+                row += f"{hit.id:<{id_width}}  {lang:<4}  {_one_line(gallery.source_text(hit.index))}"
+                row = _cut(row, width)
             else:
                 row += hit.id
-            lines.append(_cell(row, width) if texts else row)
+            lines.append(row)
     return "\n".join(lines)
 
 
