@@ -207,8 +207,12 @@ def run_embed(args: argparse.Namespace) -> int:
             items = (pair for chunk in sources.read_record_images(args.data, notes=notes)
                      for pair in chunk)
             total = None
-            meta["source"] = {"data": args.data, "files": [str(Path(f).resolve()) if "://" not in f
-                                                            else f for f in files]}
+            local = "://" not in args.data
+            meta["source"] = {
+                # Absolute, so that `malign search` finds the images from any directory.
+                "data": str(Path(args.data).absolute()) if local else args.data,
+                "files": [str(Path(f).resolve()) if "://" not in f else f for f in files],
+            }
         encoder = embedding.load_encoder(args.model, args.tokenizer)
         result = embedding.embed_images(encoder, items, args.batch_size, args.max_image_pixels,
                                         total, not args.quiet)
