@@ -52,8 +52,7 @@ __all__ = [
 ]
 
 _MESSAGE_LENGTH = 300
-
-
+# Lines of a TensorFlow error message that frame the message rather than say what failed.
 _FRAMING = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ",
             "Traceback", "[Op:")
 

@@ -161,8 +161,8 @@ def results_json(queries: Sequence[Query], results: Sequence[Sequence[Hit]], gal
     """The results as a JSON-ready dict.
 
     ``{"embeddings": {"kind", "count", "embedding_dim", "model"}, ..extra..,
-    "queries": [{"query": {"kind", "value"[, "text"]}, "hits": [{"rank", "score", "id",
-    "index"[, "text", "lang"]}]}]}``.
+    "queries": [{"query": {"kind", "value"[, "text"]}, "hits": [{"rank", "index", "id",
+    "score"[, "text", "lang"]}]}]}``.
 
     Args:
         queries: the queries, in order.
@@ -174,7 +174,7 @@ def results_json(queries: Sequence[Query], results: Sequence[Sequence[Hit]], gal
         >>> from malign.search.embeddings_file import normalise
         >>> g = Embeddings(["a.jpg"], normalise([[1.0, 0.0]]), "image", model={"path": "m"})
         >>> results_json([Query("text", "a dog")], search(g, normalise([[1.0, 0.0]]), 1), g)["queries"]
-        [{'query': {'kind': 'text', 'value': 'a dog'}, 'hits': [{'rank': 1, 'score': 1.0, 'id': 'a.jpg', 'index': 0}]}]
+        [{'query': {'kind': 'text', 'value': 'a dog'}, 'hits': [{'rank': 1, 'index': 0, 'id': 'a.jpg', 'score': 1.0}]}]
     """
     out: dict[str, Any] = {
         "embeddings": {"kind": gallery.kind, "count": gallery.count,
