@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "malign.evaluation.commands",
     "malign.export.commands",
     "malign.convert.commands",
+    "malign.search.commands",
     "malign.demo.commands",
 )
 

@@ -188,6 +188,20 @@ COMMANDS: dict[str, Run | Skip] = {
     'import main; sys.exit(main())" run --dir export/malign/1 --tag_set serve --signature_def '
     "embed_text --input_exprs 'text=[\"a dog\",\"ein Hund\"]'": Run(
         output=r"Result for output key embeddings"),
+    # Embed and search
+    "malign embed --model runs/demo/model.keras --images photos --out photos.npz": Run(
+        creates=("photos.npz",), output=rf"embedded {N_PHOTOS} images \(32 dims\)"),
+    "malign embed --model export/malign/1 --data records/m30k-test --out m30k-test.npz": Run(
+        creates=("m30k-test.npz",), output=r"embedded \d+ images .*\(saved_model\)"),
+    "malign embed --model export/malign/1 --captions captions.de.txt --lang de "
+    "--out captions.de.npz": Run(
+        creates=("captions.de.npz",), output=r"embedded 20 captions"),
+    'malign search --embeddings photos.npz --text "ein Hund auf der Wiese" --image dog.jpg -k 5 '
+    "--sheet hits.html --sheet hits.png": Run(
+        creates=("hits.html", "hits.png"),
+        output=r'query 1: text "ein Hund auf der Wiese"\n  rank   score  id\n     1  '),
+    "malign search --embeddings m30k-test.npz --queries captions.de.npz -k 3 --json": Run(
+        output=r'"value": "line 20"'),
     # Importing the released ALIGN checkpoint
     "huggingface-cli download kakaobrain/align-base --local-dir align-base": Skip(
         "downloads the 700 MB checkpoint from the Hugging Face Hub; align-base/ is the tiny "
@@ -272,6 +286,7 @@ FILES = {
                        "bicycles (by their captions); class names and templates in en and de",
     "train.en.gz, train.de.gz, zh.txt": "300 Multi30K train captions each in English and "
                                         "German; 40 Chinese lines",
+    "captions.de.txt": "the first 20 German Multi30K val captions, one per line",
     "align-base": "a copy of tests/fixtures/align_tiny (a random transformers ALIGN checkpoint)",
 }
 
@@ -549,6 +564,7 @@ def _write_files(root: Path, multi30k: Path) -> None:
         with gzip.open(root / f"train.{lang}.gz", "wt", encoding="utf-8") as handle:
             handle.write(text)
     (root / "zh.txt").write_text("\n".join(CHINESE * 4) + "\n", encoding="utf-8")
+    (root / "captions.de.txt").write_text("\n".join(de[:20]) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
