@@ -168,7 +168,7 @@ def test_cached_teacher_embeddings_equal_the_teachers_and_stale_caches_are_refus
     tok_path = malign.text.test_vocab_path()
     tokenizer = malign.text.SentencePieceTokenizer(tok_path, teacher.sequence_length)
     files = malign.data.list_files(records)
-    want = teacher_cache.fingerprint(path, tok_path, files, "en", 48, "shorter_side")
+    want = teacher_cache.fingerprint(teacher, tok_path, files, "en", 48, "shorter_side")
     cache = teacher_cache.build_teacher_cache(teacher, tokenizer, records, tmp_path / "cache",
                                               want, "en", log=lambda line: None)
     assert len(cache.image_ids) == 24 and len(cache.text_keys) == 24  # one English each
@@ -182,12 +182,16 @@ def test_cached_teacher_embeddings_equal_the_teachers_and_stale_caches_are_refus
                                atol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError, match="stale cache"):
         cache.lookup(tf.constant(["nope"]), tf.constant(["a"]))
+    # The same weights saved again (other file bytes): the same fingerprint.
+    teacher.save(tmp_path / "again.keras")
+    again = keras.saving.load_model(tmp_path / "again.keras", compile=False)
+    assert teacher_cache.fingerprint(again, tok_path, files, "en", 48, "shorter_side") == want
     # Another teacher, other data, another pivot: refused, naming what changed.
-    malign.AlignModel.from_preset("tiny", image_size=48).save(tmp_path / "other.keras")
+    other = malign.AlignModel.from_preset("tiny", image_size=48)
     for changed, what in (
-            (teacher_cache.fingerprint(tmp_path / "other.keras", tok_path, files, "en", 48,
-                                       "shorter_side"), "teacher model"),
-            (teacher_cache.fingerprint(path, tok_path, files[:0], "en", 48, "shorter_side"),
+            (teacher_cache.fingerprint(other, tok_path, files, "en", 48, "shorter_side"),
+             "teacher model"),
+            (teacher_cache.fingerprint(teacher, tok_path, files[:0], "en", 48, "shorter_side"),
              "data"),
             (dict(want, pivot_language="de"), "pivot_language")):
         with pytest.raises(teacher_cache.StaleCacheError, match=what):

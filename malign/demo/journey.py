@@ -213,7 +213,7 @@ def run_journey(recipe: str | os.PathLike, workdir: str | os.PathLike,
          "--out", w / "heldout-images.npz"])
     query_out = run(f"search the held-out images for {settings['QUERY']!r} (student SavedModel)",
                     ["search", "--embeddings", w / "heldout-images.npz",
-                     "--model", exports["student"], "--text", settings["QUERY"], "--k", 5,
+                     "--model", exports["student"], "--text", settings["QUERY"], "-k", 5,
                      "--json"])
     total = time.perf_counter() - started
     table = format_table(metrics, exports)

@@ -323,8 +323,9 @@ class DistillationJob(TrainingJob):
         from malign.data.pipeline import list_files
         from malign.training import teacher_cache
 
+        teacher = keras.saving.load_model(cfg.teacher, compile=False)
         want = teacher_cache.fingerprint(
-            cfg.teacher, self.teacher_tokenizer_path, list_files(plan.train_pattern),
+            teacher, self.teacher_tokenizer_path, list_files(plan.train_pattern),
             cfg.pivot_language, self.teacher_config.image.image_size,
             self.teacher_config.image.eval_resize)
         directory = self._cache_dir(plan)
@@ -334,12 +335,11 @@ class DistillationJob(TrainingJob):
                   f"({len(self.cache.image_ids)} images, {len(self.cache.text_keys)} captions)",
                   flush=True)
         except FileNotFoundError:
-            teacher = keras.saving.load_model(cfg.teacher, compile=False)
             tokenizer = _teacher_tokenizer(self.teacher_tokenizer_path, self.teacher_config)
             self.cache = teacher_cache.build_teacher_cache(
                 teacher, tokenizer, plan.train_pattern, directory, want, cfg.pivot_language,
                 log=lambda line: print(f"{self.label}: {line}", flush=True))
-            del teacher
+        del teacher
         # The steps are traced after this: they use the cached teacher's temperature.
         model.teacher_temperature_value = self.cache.teacher_temperature
 

@@ -15,7 +15,8 @@ fingerprint below, the counts and the teacher's temperature), both written to te
 names and renamed, the manifest last, so a cache is either complete or absent.
 
 A cache is refused (``StaleCacheError``, naming what changed) unless its fingerprint
-matches: the teacher file's SHA-256, the teacher tokenizer's SHA-256, the names, sizes and
+matches: the SHA-256 of the teacher's config and weight values (not of its file, whose
+bytes change when the same weights are saved again), the teacher tokenizer's SHA-256, the names, sizes and
 SHA-256 of the record shards, the pivot language, and the teacher's image size and resize.
 
 The training crops are random and the cached image embedding is the centre crop's: the
@@ -65,12 +66,32 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(teacher_path: str | os.PathLike, tokenizer_path: str | os.PathLike | None,
+def weights_sha256(model: Any) -> str:
+    """SHA-256 of a model's config and of every weight's name, shape, dtype and values."""
+    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True,
+                                       default=str).encode())
+    for weight in model.weights:
+        value = np.ascontiguousarray(np.asarray(weight.numpy()))
+        digest.update(f"{weight.path.split('/', 1)[-1]}:{value.shape}:{value.dtype}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(teacher: Any, tokenizer_path: str | os.PathLike | None,
                 record_files: list[str], pivot_language: str, image_size: int,
                 eval_resize: str) -> dict[str, Any]:
-    """What a cache depends on (see the module docstring); JSON types only."""
+    """What a cache depends on (see the module docstring); JSON types only.
+
+    Args:
+        teacher: the teacher model (its config and weights are hashed).
+        tokenizer_path: the teacher's tokenizer file.
+        record_files: the training shards.
+        pivot_language: the language the teacher reads.
+        image_size: the teacher's image side.
+        eval_resize: the teacher's evaluation resize.
+    """
     return {
-        "teacher_sha256": _sha256(teacher_path),
+        "teacher_sha256": weights_sha256(teacher),
         "tokenizer_sha256": _sha256(tokenizer_path) if tokenizer_path else "",
         "records": [{"name": os.path.basename(f), "bytes": os.path.getsize(f),
                      "sha256": _sha256(f)} for f in sorted(record_files)],
