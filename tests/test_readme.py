@@ -106,9 +106,13 @@ DEMO_SHORT = ("--smoke --set training.steps=4 --set training.steps_per_checkpoin
 
 COMMANDS: dict[str, Run | Skip] = {
     # Quick start
-    "make demo": Skip("the full demo (1000 steps, about 5 min on 2 cores); its command, "
+    "make demo": Skip("the full demo journey (about 10 min on 2 cores); tests/test_demo.py "
+                      "runs the same journey with --smoke, and its teacher's command, "
                       "`malign train --recipe recipes/demo.py --workdir runs/demo`, runs "
                       "below, shortened"),
+    "malign demo --recipe recipes/demo.py --workdir runs/demo": Skip(
+        "= make demo; tests/test_demo.py runs it with --smoke"),
+    "malign demo --smoke": Skip("tests/test_demo.py runs it (the journey test)"),
     "make test": Skip("the test suite itself, of which this test is part"),
     # Training
     "malign train --recipe recipes/demo.py --workdir runs/demo": Run(
@@ -127,7 +131,15 @@ COMMANDS: dict[str, Run | Skip] = {
     "malign train --recipe recipes/demo.py --print-config": Run(
         why="--workdir runs/print-config: --print-config checks the work directory as training "
             "does, and runs/demo holds the shortened demo run above (another config)",
-        add="--workdir runs/print-config", output=r'"steps": 1000\b'),
+        add="--workdir runs/print-config", output=r'"steps": 600\b'),
+    # Distillation
+    "malign distill --recipe recipes/demo.py --workdir runs/student --set "
+    "distillation.teacher=runs/demo/model.keras": Run(
+        why="shortened as the demo teacher above: --smoke and 4 steps of 16",
+        add=DEMO_SHORT,
+        creates=("runs/student/model.keras", "runs/student/teacher_cache/manifest.json",
+                 "runs/student/checkpoints/step_*.keras", "runs/student/eval/metrics.json"),
+        output=r"malign distill: done"),
     # Data and tokenizer
     "malign tokenizer train --input train.en.gz train.de.gz zh=zh.txt --vocab-size 64000 "
     "--out vocab/m64k": Run(

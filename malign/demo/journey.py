@@ -210,11 +210,10 @@ def run_journey(recipe: str | os.PathLike, workdir: str | os.PathLike,
         exports[name] = str(versions[-1])
     run("embed the held-out images with the student's SavedModel",
         ["embed", "--model", exports["student"], "--data", data / "heldout",
-         "--out", w / "heldout-images.npz"])
+         "--out", w / "heldout-images.npz", "--quiet"])
     query_out = run(f"search the held-out images for {settings['QUERY']!r} (student SavedModel)",
                     ["search", "--embeddings", w / "heldout-images.npz",
-                     "--model", exports["student"], "--text", settings["QUERY"], "-k", 5,
-                     "--json"])
+                     "--model", exports["student"], "--text", settings["QUERY"], "-k", 5])
     total = time.perf_counter() - started
     table = format_table(metrics, exports)
     print(f"\nmalign demo: finished in {total / 60:.1f} min; held-out scenes "
