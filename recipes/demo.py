@@ -53,7 +53,7 @@ def _training(smoke: bool, steps: int, strategy: str) -> TrainingConfig:
     return TrainingConfig(
         strategy=strategy,
         global_batch_size=64,
-        steps=10 if smoke else steps,
+        steps=20 if smoke else steps,
         steps_per_checkpoint=10 if smoke else steps // 2,
         warmup_steps=2 if smoke else steps // 10,
         optimizer="adamw",
