@@ -202,7 +202,7 @@ COMMANDS: dict[str, Run | Skip] = {
         output=r"Result for output key embeddings"),
     # Embed and search
     "malign embed --model runs/demo/model.keras --images photos --out photos.npz": Run(
-        creates=("photos.npz",), output=rf"embedded {N_PHOTOS} images \(32 dims\)"),
+        creates=("photos.npz",), output=rf"embedded {N_PHOTOS} images \(64 dims\)"),
     "malign embed --model export/malign/1 --data records/m30k-test --out m30k-test.npz": Run(
         creates=("m30k-test.npz",), output=r"embedded \d+ images .*\(saved_model\)"),
     "malign embed --model export/malign/1 --captions captions.de.txt --lang de "

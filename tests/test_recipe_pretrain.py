@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from malign.training_cli import load_recipe
 
 from malign.presets import get_preset
+from malign.training.commands import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "pretrain.py"
