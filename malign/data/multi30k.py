@@ -257,19 +257,38 @@ def _images_dir(root: Path, images: str | os.PathLike | None) -> Path:
     return path
 
 
-def _source_sizes(root: Path, split: str, captions: str) -> dict[str, int]:
+def _caption_files(root: str | os.PathLike, split: str, captions: str,
+                   languages: Sequence[str] | None = None) -> list[tuple[Path, str]]:
+    """``(file, language)`` of every caption file of a split's caption set, in reading order
+    (the files :func:`multi30k_rows` reads; missing task-1 languages are left out)."""
+    data = _data_dir(root)
+    files = []
+    if captions in ("task1", "all"):
+        for lang in languages or available_languages(root, split):
+            path = _caption_file(data / "task1" / "raw" / f"{split}.{lang}")
+            if path is not None:
+                files.append((path, lang))
+    if captions in ("task2", "all"):
+        for lang in [x for x in (languages or TASK2_LANGUAGES) if x in TASK2_LANGUAGES]:
+            for k in range(1, TASK2_CAPTIONS_PER_IMAGE + 1):
+                path = _caption_file(data / "task2" / "raw" / f"{split}.{k}.{lang}")
+                if path is not None:
+                    files.append((path, lang))
+    return files
+
+
+def _source_sizes(root: str | os.PathLike, split: str, captions: str,
+                  languages: Sequence[str] | None = None) -> dict[str, int]:
     """Byte sizes of the split lists and caption files a split's records are read from."""
     data = _data_dir(root)
-    names = []
+    paths = []
     if captions in ("task1", "all"):
-        names += [f"task1/image_splits/{split}.txt", f"task1/raw/{split}.*"]
+        paths.append(data / "task1" / "image_splits" / f"{split}.txt")
     if captions in ("task2", "all"):
-        names += [f"task2/image_splits/{split}_images.txt", f"task2/raw/{split}.[1-5].*"]
-    sizes = {}
-    for name in names:
-        for path in sorted(glob.glob(str(data / name))):
-            sizes[os.path.relpath(path, data)] = os.path.getsize(path)
-    return sizes
+        paths.append(data / "task2" / "image_splits" / f"{split}_images.txt")
+    paths += [path for path, _ in _caption_files(root, split, captions, languages)]
+    return {os.path.relpath(path, data): os.path.getsize(path) for path in paths
+            if path.is_file()}
 
 
 def _read_marker(path: Path) -> dict | None:
@@ -383,7 +402,7 @@ def prepare_records(
             "format": RECORDS_FORMAT, "root": str(root), "images": str(images_dir),
             "split": split, "captions": caption_set, "languages": langs,
             "max_image_side": max_side, "shards": shards or default_shards(count),
-            "sources": _source_sizes(root, split, caption_set),
+            "sources": _source_sizes(root, split, caption_set, langs),
             "write_options": {k: write_options[k] for k in sorted(write_options)},
         }
         plan.append((split, rows, count, settings))
@@ -416,3 +435,82 @@ def prepare_records(
                 f"read from {images_dir} ({stats.skipped_line()})")
         _write_marker(done, settings)
     return patterns
+
+
+def prepare_tokenizer(
+    root: str | os.PathLike,
+    directory: str | os.PathLike,
+    vocab_size: int,
+    split: str = TRAIN_SPLIT,
+    captions: str = "all",
+    languages: Sequence[str] | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> Path:
+    """Trains a SentencePiece vocabulary on a Multi30K split's captions once.
+
+    The vocabulary (``malign.text.train_vocabulary``: unigram, byte fallback, languages
+    balanced with alpha 0.3) is trained on the caption files of ``split`` (task 1's four
+    languages and, with ``captions="all"``, task 2's five English and five German
+    captions per image) and written to ``{directory}/tokenizer.model`` (with
+    ``tokenizer.vocab`` and ``tokenizer.stats.json``). A marker ``tokenizer.done``
+    records the settings and the caption files' sizes; a call with the same ones returns
+    the model without training again.
+
+    Args:
+        root: the Multi30K checkout (holding ``data/task1``) or its ``data`` directory.
+        directory: where ``tokenizer.model`` goes (created if needed).
+        vocab_size: pieces in the vocabulary (the 5 special tokens and 256 bytes included).
+        split: the split whose captions are the corpus.
+        captions: ``"task1"``, ``"task2"`` or ``"all"``.
+        languages: languages to keep (default all available).
+        seed: the sampling seed.
+        verbose: print progress.
+
+    Returns:
+        The path of ``tokenizer.model``.
+
+    Raises:
+        ValueError: a bad caption set, split name or vocabulary size (SentencePiece's own
+            error when the corpus is too small for it).
+        FileNotFoundError: no caption files for the split.
+
+    Example:
+        >>> prepare_tokenizer("../shared/data/multi30k-mini", "records/m30k",
+        ...                   4000)  # doctest: +SKIP
+        PosixPath('records/m30k/tokenizer.model')
+    """
+    from malign.text.vocabulary import InputFile, train_vocabulary
+
+    split = _split_name(split)
+    if captions not in CAPTION_SETS:
+        raise ValueError(f"captions must be one of {CAPTION_SETS}, got {captions!r}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an integer, got {vocab_size!r}")
+    root = Path(root).resolve()
+    langs = sorted(set(languages)) if languages else None
+    files = _caption_files(root, split, captions, langs)
+    if not files:
+        raise FileNotFoundError(
+            f"no Multi30K caption files for split {split!r} (captions={captions!r}) under "
+            f"{_data_dir(root)}")
+    directory = Path(directory)
+    model = directory / "tokenizer.model"
+    done = directory / "tokenizer.done"
+    settings = {"format": RECORDS_FORMAT, "root": str(root), "split": split,
+                "captions": captions, "languages": langs, "vocab_size": vocab_size,
+                "seed": seed, "sources": _source_sizes(root, split, captions, langs)}
+    if _read_marker(done) == settings and model.is_file():
+        if verbose:
+            print(f"malign: Multi30K tokenizer up to date: {model} ({vocab_size} pieces)",
+                  flush=True)
+        return model
+    directory.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
+    if verbose:
+        print(f"malign: training a {vocab_size}-piece tokenizer on the {split} captions "
+              f"({len(files)} files) into {model}", flush=True)
+    train_vocabulary([InputFile(str(path), lang) for path, lang in files], vocab_size,
+                     directory / "tokenizer", seed=seed, verbose=verbose)
+    _write_marker(done, settings)
+    return model

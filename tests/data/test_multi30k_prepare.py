@@ -191,3 +191,51 @@ def test_multi30k_mini_val(multi30k_mini, tmp_path):
     assert all(r["langs"] == list(LANGS) for r in records)
     summary = json.loads((tmp_path / "r" / "val.summary.json").read_text())
     assert summary["captions_per_lang"] == {lang: 242 for lang in LANGS}
+
+
+def test_tokenizer_on_the_captions_once(multi30k_mini, tmp_path, monkeypatch):
+    import sentencepiece as spm
+
+    from malign.data.multi30k import prepare_tokenizer
+
+    model = prepare_tokenizer(multi30k_mini, tmp_path / "r", 600, split="val", verbose=False)
+    assert model == tmp_path / "r" / "tokenizer.model"
+    processor = spm.SentencePieceProcessor(model_file=str(model))
+    assert processor.get_piece_size() == 600
+    assert [processor.id_to_piece(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                                           "[MASK]"]
+    stats = json.loads((tmp_path / "r" / "tokenizer.stats.json").read_text())
+    text = json.dumps(stats)
+    assert all(f"val.{lang}.gz" in text for lang in LANGS)  # task 1, all four languages
+    assert "val.5.de.gz" in text  # and task 2
+    marker = json.loads((tmp_path / "r" / "tokenizer.done").read_text())
+    assert marker["vocab_size"] == 600 and marker["captions"] == "all"
+
+    import malign.text.vocabulary as vocabulary
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again with unchanged settings")
+
+    monkeypatch.setattr(vocabulary, "train_vocabulary", refuse)
+    assert prepare_tokenizer(multi30k_mini, tmp_path / "r", 600, split="val",
+                             verbose=False) == model
+    with pytest.raises(AssertionError, match="trained again"):  # another size trains again
+        prepare_tokenizer(multi30k_mini, tmp_path / "r", 500, split="val", verbose=False)
+    with pytest.raises(ValueError, match="captions must be one of"):
+        prepare_tokenizer(multi30k_mini, tmp_path / "r", 600, captions="x", verbose=False)
+    with pytest.raises(FileNotFoundError, match="no Multi30K caption files for split 'test'"):
+        prepare_tokenizer(multi30k_mini, tmp_path / "r", 600, split="test", verbose=False)
+
+
+def test_command(layout, tmp_path, capsys):
+    from malign.cli import main
+
+    out = tmp_path / "records"
+    assert main(["data", "prepare-multi30k", "--root", str(layout), "--out", str(out),
+                 "--image-size", "16", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"train: {out}/train-*-of-*.tfrecord", f"val: {out}/val-*-of-*.tfrecord"]
+    assert len(read_records(str(out / "train"))[0]["captions"]) == 14
+    assert main(["data", "prepare-multi30k", "--root", str(layout), "--out", str(out),
+                 "--splits", "val,test_2016_flickr", "--quiet"]) == 2
+    assert "test_2016_flickr.txt" in capsys.readouterr().err
