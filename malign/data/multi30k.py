@@ -390,7 +390,7 @@ def prepare_records(
         raise ValueError(f"shards must be a positive integer, got {shards!r}")
     root = Path(root).resolve()
     images_dir = _images_dir(root, images).resolve()
-    langs = sorted(set(languages)) if languages else None
+    langs = list(dict.fromkeys(languages)) if languages else None
 
     # Read every split's captions first: a missing file stops the call before any write.
     plan = []
@@ -488,7 +488,7 @@ def prepare_tokenizer(
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ValueError(f"vocab_size must be an integer, got {vocab_size!r}")
     root = Path(root).resolve()
-    langs = sorted(set(languages)) if languages else None
+    langs = list(dict.fromkeys(languages)) if languages else None
     files = _caption_files(root, split, captions, langs)
     if not files:
         raise FileNotFoundError(

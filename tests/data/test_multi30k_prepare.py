@@ -239,3 +239,12 @@ def test_command(layout, tmp_path, capsys):
     assert main(["data", "prepare-multi30k", "--root", str(layout), "--out", str(out),
                  "--splits", "val,test_2016_flickr", "--quiet"]) == 2
     assert "test_2016_flickr.txt" in capsys.readouterr().err
+
+
+def test_languages_keep_their_order(layout, tmp_path):
+    patterns = prepare_records(layout, tmp_path / "r", languages=["de", "en", "de"],
+                               verbose=False)
+    train = read_records(patterns["train"].split("-*")[0])
+    assert train[0]["langs"] == ["de", "en"] + ["de"] * 5 + ["en"] * 5
+    val = read_records(patterns["val"].split("-*")[0])
+    assert val[0]["langs"] == ["de", "en"]
