@@ -22,7 +22,7 @@ lint: install
 	$(VENV)/bin/ruff check malign malign_launcher.py tests recipes benchmarks tokenizers
 
 demo: install
-	$(VENV)/bin/malign train --recipe recipes/demo.py --workdir runs/demo
+	$(VENV)/bin/malign demo --recipe recipes/demo.py --workdir runs/demo
 
 clean:
 	rm -rf runs build *.egg-info

@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 # Sub-packages loaded lazily as attributes (malign.data, malign.evaluation, ...): they
 # define nothing that Keras serialises.
-_LAZY = ("data", "evaluation", "export", "convert")
+_LAZY = ("data", "evaluation", "export", "convert", "demo", "search")
 
 
 def __getattr__(name):

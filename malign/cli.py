@@ -21,12 +21,14 @@ import sys
 
 # Each module here defines add_subparser(subparsers). Keep one line per group.
 COMMAND_MODULES = (
-    "malign.training_cli",
+    "malign.training.commands",
     "malign.text.commands",
     "malign.data.commands",
     "malign.evaluation.commands",
-    "malign.export_commands",
+    "malign.export.commands",
     "malign.convert.commands",
+    "malign.search.commands",
+    "malign.demo.commands",
 )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "DataConfig",
     "TrainingConfig",
+    "DistillationConfig",
     "ExperimentConfig",
     "DEFAULT_WARMUP_STEPS",
     "DEFAULT_STEPS_PER_CHECKPOINT",
@@ -381,6 +382,14 @@ class ImageTowerConfig(_Config):
                 _fail(n, "stages", f"stage {i} kernel must be odd, got {kernel}")
             if min(repeats, f_in, f_out, expand) < 1 or stride not in (1, 2):
                 _fail(n, "stages", f"stage {i} has invalid values {stage}")
+            # Each stage reads what the previous one (the stem, for the first) writes.
+            before, source = ((self.stem_filters, "stem_filters") if i == 0 else
+                              (self.stages[i - 1][3], f"stage {i - 1}'s output width"))
+            if f_in != before:
+                _fail(n, "stages" if i else "stem_filters",
+                      f"stage {i} reads {f_in} channels but {source} is {before}; the widths "
+                      "must chain (stem_filters = stage 0's input, each stage's input = the "
+                      "previous stage's output)")
         for value, name in ((self.dropout_rate, "dropout_rate"),
                             (self.drop_connect_rate, "drop_connect_rate")):
             if not 0.0 <= value < 1.0:
@@ -478,7 +487,8 @@ class ModelConfig(_Config):
 
     @property
     def image_embedding_dim(self) -> int:
-        from malign.models.image_tower import image_output_dim
+        # The TensorFlow-free arithmetic, so config checks run before TensorFlow loads.
+        from malign.models.sizes import image_output_dim
 
         return image_output_dim(self.image)
 
@@ -766,6 +776,73 @@ class TrainingConfig(_Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillationConfig(_Config):
+    """How ``malign distill`` teaches the student (the experiment's ``model``) from a teacher.
+
+    The loss is the weighted sum of the student's own contrastive loss, the KL between the
+    teacher's and the student's in-batch similarity distributions over the global batch,
+    and the alignment of the student's image and text embeddings with the teacher's
+    (``malign.losses``). With ``pivot_language`` set, the teacher embeds a caption's
+    translation source: for a German caption of a record that also holds an English
+    caption, the teacher sees the English one, so the text alignment pulls the student's
+    German embedding to the teacher's English one (cross-lingual distillation; Reimers &
+    Gurevych 2020, Carlsson et al. 2022). A weight of 0 turns a term off.
+
+    Args:
+        teacher: the teacher's ``.keras`` model (a trained malign model or a converted
+            ``kakaobrain/align-base``); frozen. Required by ``malign distill``.
+        teacher_tokenizer: the teacher's tokenizer file; "" finds ``tokenizer.model``,
+            ``sentencepiece.model`` or ``vocab.txt`` beside the teacher (as ``malign eval``).
+        contrastive_weight: weight of the student's contrastive loss (the model's ``loss``).
+        similarity_kl_weight: weight of KL(teacher || student) of the image->text and
+            text->image similarity distributions (``losses.similarity_kl_loss``).
+        distill_temperature: the temperature softening both distributions in the KL.
+        image_alignment_weight: weight of the image embedding alignment.
+        text_alignment_weight: weight of the text embedding alignment (cross-lingual for
+            translated captions).
+        alignment: "cosine" or "mse" (``losses.embedding_alignment_loss``); widths that
+            differ are mapped by a learned linear map (no bias).
+        pivot_language: the language the teacher reads ("en" for an English teacher);
+            "" makes the teacher embed the student's own caption.
+        cache_teacher: compute the teacher's embeddings once (centre crops, every caption
+            the teacher reads) into ``workdir/teacher_cache/`` and train from them instead
+            of running the teacher each step; a cache made by another teacher or from other
+            data is refused.
+    """
+
+    _NAME: ClassVar[str] = "distillation"
+    ALIGNMENTS: ClassVar[tuple[str, ...]] = ("cosine", "mse")
+
+    teacher: str = ""
+    teacher_tokenizer: str = ""
+    contrastive_weight: float = 1.0
+    similarity_kl_weight: float = 1.0
+    distill_temperature: float = 1.0
+    image_alignment_weight: float = 1.0
+    text_alignment_weight: float = 1.0
+    alignment: str = "cosine"
+    pivot_language: str = "en"
+    cache_teacher: bool = False
+
+    def _check_values(self, n: str) -> None:
+        weights = ("contrastive_weight", "similarity_kl_weight", "image_alignment_weight",
+                   "text_alignment_weight")
+        for name in weights:
+            if getattr(self, name) < 0:
+                _fail(n, name, f"must be >= 0 (0 turns the term off), got {getattr(self, name)}")
+        if not any(getattr(self, name) for name in weights):
+            _fail(n, "contrastive_weight", "every loss weight is 0: nothing would be learned")
+        if self.distill_temperature <= 0:
+            _fail(n, "distill_temperature", f"must be > 0, got {self.distill_temperature}")
+        if self.alignment not in self.ALIGNMENTS:
+            _fail(n, "alignment", f"must be one of {', '.join(self.ALIGNMENTS)}, got "
+                                  f"{self.alignment!r}")
+        if self.pivot_language != self.pivot_language.strip():
+            _fail(n, "pivot_language", f"a language code without spaces, got "
+                                       f"{self.pivot_language!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig(_Config):
     """A whole run: preset name + overrides resolved into a model, data and training.
 
@@ -778,6 +855,8 @@ class ExperimentConfig(_Config):
         data: data config.
         training: training config.
         preset: name of the preset the model came from, for the record.
+        distillation: the teacher and loss weights of ``malign distill`` (unused by
+            ``malign train``).
 
     Example:
         >>> from malign.presets import get_preset
@@ -797,6 +876,7 @@ class ExperimentConfig(_Config):
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    distillation: DistillationConfig = dataclasses.field(default_factory=DistillationConfig)
 
     def resolve(self, previous: ExperimentConfig | None = None) -> ExperimentConfig:
         """A copy whose unset training fields are set (see ``TrainingConfig.resolve``).
@@ -812,6 +892,7 @@ class ExperimentConfig(_Config):
         self.model.validate(_join(n, "model"))
         self.data.validate(_join(n, "data"))
         self.training.validate(_join(n, "training"))
+        self.distillation.validate(_join(n, "distillation"))
         if (self.training.eval_every_steps and not self.data.eval_pattern
                 and self.data.train_pattern != "synthetic"):
             _fail(_join(n, "training"), "eval_every_steps",

@@ -106,9 +106,13 @@ DEMO_SHORT = ("--smoke --set training.steps=4 --set training.steps_per_checkpoin
 
 COMMANDS: dict[str, Run | Skip] = {
     # Quick start
-    "make demo": Skip("the full demo (1000 steps, about 5 min on 2 cores); its command, "
+    "make demo": Skip("the full demo journey (about 10 min on 2 cores); tests/test_demo.py "
+                      "runs the same journey with --smoke, and its teacher's command, "
                       "`malign train --recipe recipes/demo.py --workdir runs/demo`, runs "
                       "below, shortened"),
+    "malign demo --recipe recipes/demo.py --workdir runs/demo": Skip(
+        "= make demo; tests/test_demo.py runs it with --smoke"),
+    "malign demo --smoke": Skip("tests/test_demo.py runs it (the journey test)"),
     "make test": Skip("the test suite itself, of which this test is part"),
     # Training
     "malign train --recipe recipes/demo.py --workdir runs/demo": Run(
@@ -127,7 +131,15 @@ COMMANDS: dict[str, Run | Skip] = {
     "malign train --recipe recipes/demo.py --print-config": Run(
         why="--workdir runs/print-config: --print-config checks the work directory as training "
             "does, and runs/demo holds the shortened demo run above (another config)",
-        add="--workdir runs/print-config", output=r'"steps": 1000\b'),
+        add="--workdir runs/print-config", output=r'"steps": 600\b'),
+    # Distillation
+    "malign distill --recipe recipes/demo.py --workdir runs/student --set "
+    "distillation.teacher=runs/demo/model.keras": Run(
+        why="shortened as the demo teacher above: --smoke and 4 steps of 16",
+        add=DEMO_SHORT,
+        creates=("runs/student/model.keras", "runs/student/teacher_cache/manifest.json",
+                 "runs/student/checkpoints/step_*.keras", "runs/student/eval/metrics.json"),
+        output=r"malign distill: done"),
     # Data and tokenizer
     "malign tokenizer train --input train.en.gz train.de.gz zh=zh.txt --vocab-size 64000 "
     "--out vocab/m64k": Run(
@@ -202,6 +214,20 @@ COMMANDS: dict[str, Run | Skip] = {
     'import main; sys.exit(main())" run --dir export/malign/1 --tag_set serve --signature_def '
     "embed_text --input_exprs 'text=[\"a dog\",\"ein Hund\"]'": Run(
         output=r"Result for output key embeddings"),
+    # Embed and search
+    "malign embed --model runs/demo/model.keras --images photos --out photos.npz": Run(
+        creates=("photos.npz",), output=rf"embedded {N_PHOTOS} images \(64 dims\)"),
+    "malign embed --model export/malign/1 --data records/m30k-test --out m30k-test.npz": Run(
+        creates=("m30k-test.npz",), output=r"embedded \d+ images .*\(saved_model\)"),
+    "malign embed --model export/malign/1 --captions captions.de.txt --lang de "
+    "--out captions.de.npz": Run(
+        creates=("captions.de.npz",), output=r"embedded 20 captions"),
+    'malign search --embeddings photos.npz --text "ein Hund auf der Wiese" --image dog.jpg -k 5 '
+    "--sheet hits.html --sheet hits.png": Run(
+        creates=("hits.html", "hits.png"),
+        output=r'query 1: text "ein Hund auf der Wiese"\n  rank   score  id\n     1  '),
+    "malign search --embeddings m30k-test.npz --queries captions.de.npz -k 3 --json": Run(
+        output=r'"value": "line 20"'),
     # Importing the released ALIGN checkpoint
     "huggingface-cli download kakaobrain/align-base --local-dir align-base": Skip(
         "downloads the 700 MB checkpoint from the Hugging Face Hub; align-base/ is the tiny "
@@ -286,6 +312,7 @@ FILES = {
                        "bicycles (by their captions); class names and templates in en and de",
     "train.en.gz, train.de.gz, zh.txt": "300 Multi30K train captions each in English and "
                                         "German; 40 Chinese lines",
+    "captions.de.txt": "the first 20 German Multi30K val captions, one per line",
     "align-base": "a copy of tests/fixtures/align_tiny (a random transformers ALIGN checkpoint)",
 }
 
@@ -563,6 +590,7 @@ def _write_files(root: Path, multi30k: Path) -> None:
         with gzip.open(root / f"train.{lang}.gz", "wt", encoding="utf-8") as handle:
             handle.write(text)
     (root / "zh.txt").write_text("\n".join(CHINESE * 4) + "\n", encoding="utf-8")
+    (root / "captions.de.txt").write_text("\n".join(de[:20]) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

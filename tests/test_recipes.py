@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from malign.training_cli import load_recipe
+from malign.training.commands import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.py"))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from malign.cli import main
-from malign.training_cli import parse_overrides
+from malign.training.commands import parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_killed_run_resumes_from_saved_step(tmp_path):
     assert steps[-1] == saved_step + 4
     assert json.loads(meta.read_text())["epoch"] == saved_epoch + 2
     # The resumed run's scalars continue at global steps (its own, newest event file).
-    from malign.training_progress import logged_steps
+    from malign.training.progress import logged_steps
 
     newest = max((workdir / "logs" / "train").glob("events.out.tfevents.*"),
                  key=lambda p: p.stat().st_mtime)

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from tensorboard_events import read_scalars
 
-from malign import training_progress
-from malign.training_progress import ProgressLog, ScalarLog, format_duration, logged_steps
+from malign.training import progress as training_progress
+from malign.training.progress import ProgressLog, ScalarLog, format_duration, logged_steps
 
 
 class _Clock:

@@ -8,6 +8,7 @@ Example:
         --out records/multi30k --image-size 64 --vocab-size 4000
     $ malign data synthetic --out records/synthetic-train --n 4000
     $ malign data inspect records/m30k-train
+    $ malign data captions records/m30k-train --out corpus/m30k-train
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ def _synthetic(args: argparse.Namespace) -> int:
         args.out, args.n, image_size=args.image_size, seed=args.seed, shards=args.shards,
         image_format=args.format, verbose=not args.quiet,
     )
+    return 0
+
+
+def _captions(args: argparse.Namespace) -> int:
+    from malign.data.captions import write_caption_files
+
+    written = write_caption_files(args.pattern, args.out, _languages(args.languages))
+    for lang, (path, count) in sorted(written.items()):
+        print(f"{path}: {count} captions ({lang})")
     return 0
 
 
@@ -288,6 +298,21 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                            help="image file format inside the records (default %(default)s)")
     synthetic.add_argument("--quiet", action="store_true", help="print no progress")
     synthetic.set_defaults(func=_synthetic)
+
+    captions = commands.add_parser(
+        "captions",
+        help="write the captions of shards as one text file per language",
+        description="Write every usable caption (non-empty, valid UTF-8) of the records to "
+                    "PREFIX.<lang>.txt, one a line (line breaks inside a caption become "
+                    "spaces): the corpus for `malign tokenizer train` and `malign tokenizer "
+                    "trim`. Files are written whole or not at all.",
+    )
+    captions.add_argument("pattern", help="shard glob or prefix")
+    captions.add_argument("--out", required=True, metavar="PREFIX",
+                          help="output prefix: writes PREFIX.en.txt, PREFIX.de.txt, ...")
+    captions.add_argument("--languages", default=None,
+                          help="comma-separated languages to write (default: all)")
+    captions.set_defaults(func=_captions)
 
     inspect = commands.add_parser(
         "inspect",

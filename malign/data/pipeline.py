@@ -48,6 +48,7 @@ from malign.data.preprocess import (
     decode_image,
     image_bytes_ok,
 )
+from malign.data.teacher_inputs import TeacherInputs, crop_pair, teacher_caption
 
 #: Records held for shuffling; memory is about this times the mean encoded image size.
 DEFAULT_SHUFFLE_BUFFER = 4096
@@ -221,6 +222,7 @@ def _screen(serialized: tf.Tensor, languages: tf.Tensor | None) -> dict[str, tf.
         "id": ex[schema.IMAGE_ID],
         "texts": texts,
         "langs": langs,
+        "valid": valid,
         "usable": usable,
         "reason": reason,
         # Invalid captions among the wanted languages of a record that is kept.
@@ -362,6 +364,7 @@ def make_dataset(
     counter: DropCounter | None = None,
     eval_resize: str = DEFAULT_EVAL_RESIZE,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    teacher: TeacherInputs | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline over malign TFRecord shards.
 
@@ -397,6 +400,10 @@ def make_dataset(
             ``malign.data.preprocess.model_eval_resize(model)``. Training ignores it.
         max_image_pixels: records whose image header says more pixels (width x height)
             are dropped before decoding ("image too large"); None for no limit.
+        teacher: for distillation (training only), the teacher's side of each pair
+            (``malign.data.teacher_inputs``): batches also get ``teacher_image``,
+            ``teacher_token_ids`` and ``teacher_padding_mask``, or, with a teacher cache,
+            ``teacher_image_embeddings`` and ``teacher_text_embeddings``.
 
     Returns:
         A ``tf.data.Dataset`` of dicts as described.
@@ -413,6 +420,8 @@ def make_dataset(
     """
     check_eval_resize(eval_resize)
     _check_max_pixels(max_image_pixels)
+    if teacher is not None and not training:
+        raise ValueError("teacher inputs are for training batches (training=True)")
     files = list_files(file_pattern)
     _warn_damaged_shards(files)
     if image_size < 1 or global_batch_size < 1:
@@ -450,24 +459,37 @@ def make_dataset(
     def decode(index: tf.Tensor, item: dict[str, tf.Tensor]):
         element_seed = tf.stack([tf.constant(base_seed, tf.int64), index])
         reason = _size_check(item["encoded"], item["reason"], max_image_pixels)
-        image = tf.cond(
-            tf.equal(reason, _OK),
-            lambda: decode_and_crop(item["encoded"], image_size, training, element_seed,
-                                    eval_resize=eval_resize),
-            lambda: tf.zeros([image_size, image_size, 3], tf.float32),
-        )
+
+        def crop_at(size: int) -> tf.Tensor:
+            return decode_and_crop(item["encoded"], size, training, element_seed,
+                                   eval_resize=eval_resize)
+
+        ok = tf.equal(reason, _OK)
         out = {
             "id": item["id"],
             "reason": reason,
-            "ignored": tf.where(tf.equal(reason, _OK), item["ignored"], tf.zeros_like(item["ignored"])),
-            "image": image,
+            "ignored": tf.where(ok, item["ignored"], tf.zeros_like(item["ignored"])),
         }
+        if teacher is None:
+            out["image"] = tf.cond(ok, lambda: crop_at(image_size),
+                                   lambda: tf.zeros([image_size, image_size, 3], tf.float32))
+        else:
+            out["image"], out["teacher_image"] = tf.cond(
+                ok, lambda: crop_pair(crop_at, image_size, teacher.image_size),
+                lambda: (tf.zeros([image_size, image_size, 3], tf.float32),
+                         tf.zeros([teacher.image_size, teacher.image_size, 3], tf.float32)))
         candidates = tf.boolean_mask(item["texts"], item["usable"])
         if training:
             pick_seed = tf.random.experimental.stateless_fold_in(element_seed, 11)
             count = tf.maximum(tf.size(candidates), 1)
             k = tf.random.stateless_uniform([], pick_seed, 0, count, dtype=tf.int32)
             out["caption"] = tf.concat([candidates, [""]], axis=0)[k]
+            if teacher is not None:
+                langs = tf.boolean_mask(item["langs"], item["usable"])
+                lang = tf.concat([langs, [""]], axis=0)[k]
+                out["teacher_caption"] = teacher_caption(
+                    item["texts"], item["langs"], item["valid"], out["caption"], lang,
+                    teacher.pivot_language)
         else:
             out["captions"] = candidates
         return index, out
@@ -481,7 +503,9 @@ def make_dataset(
     if training:
 
         def pair(item, keep):
-            return {"image": item["image"], "caption": item["caption"]}
+            keys = ("image", "caption") if teacher is None else (
+                "image", "caption", "id", "teacher_image", "teacher_caption")
+            return {key: item[key] for key in keys}
 
         ds = ds.map(_graph(pair))
     else:
@@ -497,11 +521,19 @@ def make_dataset(
 
     def tokenize(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         tokens = tokenizer(batch["caption"])
-        return {
+        out = {
             "image": batch["image"],
             "token_ids": tf.cast(tokens["token_ids"], tf.int32),
             "padding_mask": tf.cast(tokens["padding_mask"], tf.int32),
         }
+        if teacher is not None and teacher.cache is not None:
+            out.update(teacher.cache.lookup(batch["id"], batch["teacher_caption"]))
+        elif teacher is not None:
+            teacher_tokens = teacher.tokenizer(batch["teacher_caption"])
+            out["teacher_image"] = batch["teacher_image"]
+            out["teacher_token_ids"] = tf.cast(teacher_tokens["token_ids"], tf.int32)
+            out["teacher_padding_mask"] = tf.cast(teacher_tokens["padding_mask"], tf.int32)
+        return out
 
     ds = ds.map(_graph(tokenize), num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if input_context is not None:

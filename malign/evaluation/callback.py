@@ -102,6 +102,12 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         self._writer = None
         self._last_step: int | None = None
 
+    @property
+    def _embedder(self) -> Any:
+        """The dual encoder to evaluate: the trained model, or the student a Distiller trains
+        (its ``embedding_model``)."""
+        return getattr(self.model, "embedding_model", self.model)
+
     # -- data -------------------------------------------------------------------------
     def _get_split(self):
         if self._split is None:
@@ -110,15 +116,15 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
                 self._split = read_eval_split(
                     os.fspath(self.data),
-                    self.model.image_size,
+                    self._embedder.image_size,
                     self.image_batch_size,
                     languages=self.languages,
                     verbose=self.verbose,
-                    eval_resize=model_eval_resize(self.model),
+                    eval_resize=model_eval_resize(self._embedder),
                 )
             else:
                 self._split = self.data
-                warn_if_resize_differs(self.model, self._split)
+                warn_if_resize_differs(self._embedder, self._split)
             # Fail early (at the first evaluation) on a language the set lacks.
             self._chosen = select_languages(list(self._split.caption_langs), self.languages)
             langs = np.asarray(list(self._split.caption_langs), dtype=object)
@@ -139,9 +145,9 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         from malign.evaluation.embedding import embed_images, embed_texts
 
         split = self._get_split()
-        image_emb = embed_images(self.model, split.images, num_images=len(split.image_ids), verbose=False)
+        image_emb = embed_images(self._embedder, split.images, num_images=len(split.image_ids), verbose=False)
         captions = [split.captions[i] for i in self._keep]
-        text_emb = embed_texts(self.model, self.tokenizer, captions, self.text_batch_size, verbose=False)
+        text_emb = embed_texts(self._embedder, self.tokenizer, captions, self.text_batch_size, verbose=False)
         report = evaluate_embeddings(
             image_emb,
             text_emb,

@@ -262,6 +262,12 @@ def _meta(args: argparse.Namespace, tokenizer_path: Path, started: float, **extr
     }
 
 
+def _count_weights(model: Any) -> int:
+    from malign.models.align_model import count_params
+
+    return count_params(model)
+
+
 # -- commands -------------------------------------------------------------------------------
 def run_retrieval(args: argparse.Namespace) -> int:
     """``malign eval``: retrieval metrics of one record set, written to ``--out``.
@@ -307,7 +313,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     report["meta"] = _meta(
         args, tokenizer_path, started,
         image_size=int(model.image_size), eval_resize=eval_resize,
-        sequence_length=int(model.sequence_length),
+        sequence_length=int(model.sequence_length), weights=_count_weights(model),
         dropped_records=int(split.dropped), search_backend=args.backend,
     )
     title = args.name or f"{args.model} on {args.data}"

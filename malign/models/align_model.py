@@ -51,8 +51,38 @@ def l2_normalize(x):
                                                  1e-12))
 
 
+class StrategyFitMixin:
+    """``fit`` under any strategy for a model built at construction (AlignModel, Distiller).
+
+    - ``train_step``/``test_step`` pass their logs through
+      ``distributed.logs_for_keras_reduce`` (the multi-worker log workaround);
+    - ``_maybe_symbolic_build`` builds only the optimizer (see its docstring).
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Builds the optimizer without touching data (overrides a Keras 3 internal).
+
+        Keras 3.15 ``fit`` under a strategy takes the first distributed batch and
+        all-reduces it (MEAN) to build the model symbolically. Under
+        MultiWorkerMirroredStrategy that reduce fails on a dict batch, and it cannot
+        average int tensors anywhere. The model is fully built at construction, so
+        only the optimizer needs building, which needs no data.
+        """
+        del iterator, data_batch
+        if getattr(self, "_distribute_strategy", None) is None:
+            return
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=None)
+
+    def train_step(self, data):
+        return distributed.logs_for_keras_reduce(super().train_step(data))
+
+    def test_step(self, data):
+        return distributed.logs_for_keras_reduce(super().test_step(data))
+
+
 @keras.saving.register_keras_serializable(package="malign")
-class AlignModel(keras.Model):
+class AlignModel(StrategyFitMixin, keras.Model):
     """ALIGN dual encoder with a cross-replica contrastive loss.
 
     Args:
@@ -167,41 +197,28 @@ class AlignModel(keras.Model):
         return logits
 
     # -- training -------------------------------------------------------------------
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Builds the optimizer without touching data (overrides a Keras 3 internal).
+    def contrastive_loss(self, image_emb, text_emb):
+        """This replica's contrastive loss of the config (softmax or sigmoid), unscaled.
 
-        Keras 3.15 ``fit`` under a strategy takes the first distributed batch and
-        all-reduces it (MEAN) to build the model symbolically. Under
-        MultiWorkerMirroredStrategy that reduce fails on a dict batch, and it cannot
-        average int tensors anywhere. AlignModel is fully built at construction, so
-        only the optimizer needs building, which needs no data.
+        Args:
+            image_emb: [b, D] float32 L2-normalised image embeddings of this replica.
+            text_emb: [b, D] float32 L2-normalised text embeddings (row i pairs with row i).
+
+        Returns:
+            A float32 scalar: ``losses.contrastive_loss`` (label smoothing of the config)
+            or ``losses.sigmoid_loss``, with negatives from the global batch.
         """
-        del iterator, data_batch
-        if getattr(self, "_distribute_strategy", None) is None:
-            return
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=None)
-
-    def train_step(self, data):
-        return distributed.logs_for_keras_reduce(super().train_step(data))
-
-    def test_step(self, data):
-        return distributed.logs_for_keras_reduce(super().test_step(data))
+        if self.model_config.loss == "sigmoid":
+            return losses.sigmoid_loss(image_emb, text_emb, self.temperature, self.logit_bias)
+        return losses.contrastive_loss(image_emb, text_emb, self.temperature,
+                                       label_smoothing=self.model_config.label_smoothing)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The contrastive loss of this replica, scaled for Keras' gradient sum."""
         del y, sample_weight
         if y_pred is None:
             y_pred = self(x, training=training)
-        image_emb = y_pred["image_embeddings"]
-        text_emb = y_pred["text_embeddings"]
-        if self.model_config.loss == "sigmoid":
-            loss = losses.sigmoid_loss(image_emb, text_emb, self.temperature, self.logit_bias)
-        else:
-            loss = losses.contrastive_loss(
-                image_emb, text_emb, self.temperature,
-                label_smoothing=self.model_config.label_smoothing,
-            )
+        loss = self.contrastive_loss(y_pred["image_embeddings"], y_pred["text_embeddings"])
         self.temperature_tracker.update_state(self.temperature)
         # The single place where the loss is scaled for replicas (see its docstring).
         return distributed.scale_loss_for_replicas(loss)
@@ -212,4 +229,4 @@ def count_params(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.weights))
 
 
-__all__ = ["AlignModel", "ClipValue", "count_params", "l2_normalize"]
+__all__ = ["AlignModel", "ClipValue", "StrategyFitMixin", "count_params", "l2_normalize"]

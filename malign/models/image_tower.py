@@ -24,56 +24,23 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np  # noqa: F401  (used in the docstring example)
 
 from malign.config import ImageTowerConfig
 
+# The width/depth arithmetic is TensorFlow-free (config checks run before TF loads); the
+# tower and the converter use it from here as before.
+from malign.models.sizes import (  # noqa: F401  (re-exported)
+    block_specs,
+    image_output_dim,
+    round_filters,
+    round_repeats,
+    se_filters,
+)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def round_filters(filters: float, width_coefficient: float, divisor: int) -> int:
-    """EfficientNet channel rounding (as in keras.applications and transformers)."""
-    filters *= width_coefficient
-    new = max(divisor, int(filters + divisor / 2) // divisor * divisor)
-    if new < 0.9 * filters:
-        new += divisor
-    return int(new)
-
-
-def round_repeats(repeats: int, depth_coefficient: float) -> int:
-    """EfficientNet depth rounding."""
-    return int(math.ceil(depth_coefficient * repeats))
-
-
-def block_specs(config: ImageTowerConfig) -> list[dict]:
-    """Expands the stage table into one dict per block (the tower's exact layout)."""
-    specs = []
-    for kernel, repeats, f_in, f_out, expand, stride in config.stages:
-        c_in = round_filters(f_in, config.width_coefficient, config.depth_divisor)
-        c_out = round_filters(f_out, config.width_coefficient, config.depth_divisor)
-        for j in range(round_repeats(repeats, config.depth_coefficient)):
-            specs.append(dict(
-                kernel=kernel,
-                filters_in=c_in if j == 0 else c_out,
-                filters_out=c_out,
-                expand_ratio=expand,
-                stride=stride if j == 0 else 1,
-                residual=j > 0,
-            ))
-    return specs
-
-
-def image_output_dim(config: ImageTowerConfig) -> int:
-    """Width of the tower's output embedding."""
-    if config.projection_dim:
-        return config.projection_dim
-    if config.top_filters:
-        return round_filters(config.top_filters, config.width_coefficient, config.depth_divisor)
-    return block_specs(config)[-1]["filters_out"]
 
 
 def _normalization_layer(kind: str) -> keras.layers.Layer | None:
@@ -184,10 +151,9 @@ def _mbconv_block(x, index: int, spec: dict, config: ImageTowerConfig, bn, drop_
     x = bn(p + "dw_bn")(x)
     x = keras.layers.Activation("swish", name=p + "dw_act")(x)
 
-    se_filters = max(1, int(spec["filters_in"] * config.se_ratio))
     se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=p + "se_squeeze")(x)
-    se = keras.layers.Conv2D(se_filters, 1, padding="same", activation="swish",
-                             name=p + "se_reduce")(se)
+    se = keras.layers.Conv2D(se_filters(spec["filters_in"], config.se_ratio), 1, padding="same",
+                             activation="swish", name=p + "se_reduce")(se)
     se = keras.layers.Conv2D(filters, 1, padding="same", activation="sigmoid",
                              name=p + "se_expand")(se)
     x = keras.layers.Multiply(name=p + "se_excite")([x, se])

@@ -69,6 +69,13 @@ def logged_steps(start: int, total: int, every: int) -> list[int]:
     return steps
 
 
+#: Logged values averaged over each reporting interval: the loss, then the distillation
+#: terms (``malign.training.distillation``; unweighted), when the model logs them.
+LOSS_KEYS = ("loss", "contrastive", "similarity_kl", "image_alignment", "text_alignment")
+SHORT_NAMES = {"contrastive": "contrastive", "similarity_kl": "kl",
+               "image_alignment": "image align", "text_alignment": "text align"}
+
+
 def _scalar(value: Any) -> float:
     """A float from a log value (a float, a 0-d or 1-element array)."""
     return float(np.mean(np.asarray(value, dtype="float64")))
@@ -93,11 +100,12 @@ class _IntervalTracker(keras.callbacks.Callback):
         self.total_steps = int(total_steps)
         self.every = int(every)
         self.step = 0
-        self._carry_sum = 0.0
+        # Per averaged key (LOSS_KEYS): sums over steps, as described above.
+        self._carry_sum: dict[str, float] = {}
         self._carry_n = 0
-        self._epoch_sum = 0.0
+        self._epoch_sum: dict[str, float] = {}
         self._epoch_n = 0
-        self._mark_sum = 0.0
+        self._mark_sum: dict[str, float] = {}
         self._mark_n = 0
         self._last_step_time: float | None = None
         self._last_report_step = 0
@@ -110,25 +118,28 @@ class _IntervalTracker(keras.callbacks.Callback):
         self.step = int(self.model.optimizer.iterations.numpy())
         self._first_step = self.step
         self._last_report_step = self.step
-        self._carry_sum, self._carry_n = 0.0, 0
+        self._carry_sum, self._carry_n = {}, 0
         self._first_step_end = None
         self._last_report_time = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch_sum, self._epoch_n = 0.0, 0
-        self._mark_sum, self._mark_n = 0.0, 0
+        self._epoch_sum, self._epoch_n = {}, 0
+        self._mark_sum, self._mark_n = {}, 0
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._carry_sum += self._epoch_sum - self._mark_sum
+        for key, value in self._epoch_sum.items():
+            self._carry_sum[key] = (self._carry_sum.get(key, 0.0) + value
+                                    - self._mark_sum.get(key, 0.0))
         self._carry_n += self._epoch_n - self._mark_n
-        self._mark_sum, self._mark_n = self._epoch_sum, self._epoch_n
+        self._mark_sum, self._mark_n = dict(self._epoch_sum), self._epoch_n
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         now = time.perf_counter()
         self.step += 1
         self._epoch_n += 1
-        if logs and "loss" in logs:
-            self._epoch_sum = self._epoch_n * _scalar(logs["loss"])
+        for key in LOSS_KEYS:
+            if logs and key in logs:
+                self._epoch_sum[key] = self._epoch_n * _scalar(logs[key])
         if self._first_step_end is None:
             self._first_step_end = now
             self._last_report_time = now
@@ -140,8 +151,11 @@ class _IntervalTracker(keras.callbacks.Callback):
     def _interval_values(self, now: float, logs: dict) -> dict[str, float]:
         n = self._carry_n + self._epoch_n - self._mark_n
         values: dict[str, float] = {}
-        if n and "loss" in logs:
-            values["loss"] = (self._carry_sum + self._epoch_sum - self._mark_sum) / n
+        if n:
+            for key in LOSS_KEYS:
+                if key in logs:
+                    values[key] = (self._carry_sum.get(key, 0.0) + self._epoch_sum.get(key, 0.0)
+                                   - self._mark_sum.get(key, 0.0)) / n
         temperature = getattr(self.model, "temperature", None)
         if temperature is not None:
             values["temperature"] = float(keras.ops.convert_to_numpy(temperature))
@@ -158,8 +172,8 @@ class _IntervalTracker(keras.callbacks.Callback):
         if steady > 0 and now > self._first_step_end:
             seconds_per_step = (now - self._first_step_end) / steady
             values["eta_seconds"] = max(0, self.total_steps - self.step) * seconds_per_step
-        self._carry_sum, self._carry_n = 0.0, 0
-        self._mark_sum, self._mark_n = self._epoch_sum, self._epoch_n
+        self._carry_sum, self._carry_n = {}, 0
+        self._mark_sum, self._mark_n = dict(self._epoch_sum), self._epoch_n
         self._last_report_step = self.step
         self._last_report_time = now
         return values
@@ -228,6 +242,9 @@ class ProgressLog(_IntervalTracker):
         parts = [f"{self.prefix}: step {step}/{self.total_steps}"]
         if "loss" in values:
             parts.append(f"loss {values['loss']:.4f}")
+        terms = [f"{SHORT_NAMES[k]} {values[k]:.3f}" for k in LOSS_KEYS[1:] if k in values]
+        if terms:
+            parts.append(f"({', '.join(terms)})")
         if "temperature" in values:
             parts.append(f"temperature {values['temperature']:.4f}")
         if "learning_rate" in values:
@@ -258,7 +275,7 @@ class ScalarLog(_IntervalTracker):
         >>> cb = ScalarLog("runs/x/logs/train", total_steps=1000, every=20)  # doctest: +SKIP
     """
 
-    TAGS = ("loss", "temperature", "learning_rate", "steps_per_second")
+    TAGS = ("loss", "temperature", "learning_rate", "steps_per_second", *LOSS_KEYS[1:])
 
     def __init__(self, log_dir: str | os.PathLike, total_steps: int, every: int):
         super().__init__(total_steps, every)

@@ -51,8 +51,8 @@ def run_export(args: argparse.Namespace) -> int:
         >>> main(["export", "--model", "runs/demo/model.keras", "--out", "export/demo"])
         ... # doctest: +SKIP
     """
-    from malign import export
     from malign.evaluation.commands import find_tokenizer, load_model, load_tokenizer
+    from malign.export import saved_model as export
 
     started = time.time()
     towers = export._check_towers(args.towers)

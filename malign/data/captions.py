@@ -1,0 +1,72 @@
+"""The captions of malign records as plain text, one file per language (a tokenizer corpus).
+
+Example:
+    >>> write_caption_files("records/train", "corpus/train")  # doctest: +SKIP
+    {'de': ('corpus/train.de.txt', 4000), 'en': ('corpus/train.en.txt', 4000)}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from malign.data import schema
+from malign.data.pipeline import list_files
+
+__all__ = ["write_caption_files"]
+
+
+def write_caption_files(file_pattern: str, prefix: str | os.PathLike,
+                        languages: Sequence[str] | None = None) -> dict[str, tuple[str, int]]:
+    """Writes every usable caption of the records to ``{prefix}.{lang}.txt``.
+
+    A caption is usable when it is non-empty after stripping and valid UTF-8 (as the input
+    pipeline decides); line breaks inside a caption become spaces so that each line is one
+    caption. Each file is written to a temporary name and renamed when complete.
+
+    Args:
+        file_pattern: shard glob or prefix.
+        prefix: output prefix (its directory is created).
+        languages: languages to write; None writes all.
+
+    Returns:
+        ``{lang: (path, number of captions)}``.
+
+    Raises:
+        FileNotFoundError: no shard matches.
+        ValueError: a requested language has no usable caption (names the languages found).
+    """
+    files = list_files(file_pattern)
+    wanted = set(languages) if languages else None
+    lines: dict[str, list[str]] = {}
+    for serialized in tf.data.TFRecordDataset(files):
+        example = schema.parse_record(serialized)
+        texts = example[schema.CAPTION_TEXT].numpy()
+        langs = example[schema.CAPTION_LANG].numpy()
+        for raw, lang in zip(texts, langs):
+            lang = lang.decode("utf-8", "replace")
+            if wanted is not None and lang not in wanted:
+                continue
+            try:
+                text = " ".join(raw.decode("utf-8").split())
+            except UnicodeDecodeError:
+                continue
+            if text:
+                lines.setdefault(lang, []).append(text)
+    if wanted is not None and wanted - set(lines):
+        raise ValueError(f"{file_pattern}: no usable caption in "
+                         f"{', '.join(sorted(wanted - set(lines)))}; the records hold "
+                         f"{', '.join(sorted(lines)) or 'no usable caption'}")
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for lang, captions in sorted(lines.items()):
+        path = prefix.with_name(f"{prefix.name}.{lang}.txt")
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
+        os.replace(tmp, path)
+        written[lang] = (str(path), len(captions))
+    return written
