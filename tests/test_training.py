@@ -297,3 +297,23 @@ def test_every_interval_reaches_tensorboard(tmp_path, interval, every, want):
         for epoch, keras_mean in enumerate(history.history["loss"]):
             chunk = losses[epoch * per_epoch:(epoch + 1) * per_epoch]
             assert np.mean(chunk) == pytest.approx(keras_mean, rel=1e-5)
+
+
+def test_a_run_too_short_for_batch_norms_moving_statistics_is_told_which_momentum_to_set():
+    """0.99**300 leaves 4.9% of the initial moving variance 1: evaluation-mode embeddings of
+    the demo's models ranked at chance while the training loss was low (measured)."""
+    from malign.training.run_plan import BATCH_NORM_RESIDUAL_LIMIT, batch_norm_notes
+
+    def experiment(steps, momentum=0.99, init_from=""):
+        return malign.config.ExperimentConfig(
+            model=get_preset("tiny", batch_norm_momentum=momentum),
+            training=malign.config.TrainingConfig(steps=steps, init_from=init_from))
+
+    (note,) = batch_norm_notes(experiment(300))
+    assert "model.image.batch_norm_momentum=0.99 leaves 0.99**300 = 4.9%" in note
+    suggested = float(note.split("set model.image.batch_norm_momentum=")[1].split()[0])
+    assert suggested ** 300 <= BATCH_NORM_RESIDUAL_LIMIT < (suggested + 0.002) ** 300
+    assert batch_norm_notes(experiment(300, momentum=suggested)) == []
+    assert batch_norm_notes(experiment(300, momentum=0.9)) == []
+    assert batch_norm_notes(experiment(3000)) == []
+    assert batch_norm_notes(experiment(300, init_from="trained.keras")) == []

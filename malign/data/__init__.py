@@ -2,7 +2,8 @@
 
 - :mod:`malign.data.schema`: the TFRecord schema (image bytes, id, format, captions, langs).
 - :mod:`malign.data.writer`: writing shards from caption rows, skipping and counting bad rows.
-- :mod:`malign.data.multi30k`: Multi30K in its own layout (task1 and task2).
+- :mod:`malign.data.multi30k`: Multi30K in its own layout (task1 and task2); `prepare_records`
+  writes a root's training and evaluation records once.
 - :mod:`malign.data.synthetic`: drawn scenes with en/de/fr/cs captions for the demo.
 - :mod:`malign.data.image_header`: size and EXIF orientation from an image's header, in
   Python and as graph ops; the pixel limit :data:`DEFAULT_MAX_IMAGE_PIXELS`.
@@ -23,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from malign.data.image_header import DEFAULT_MAX_IMAGE_PIXELS
-from malign.data.multi30k import multi30k_rows, write_multi30k
+from malign.data.multi30k import multi30k_rows, prepare_records, write_multi30k
 from malign.data.pipeline import (
     DEFAULT_SHUFFLE_BUFFER,
     DROP_REASONS,
@@ -78,6 +79,7 @@ __all__ = [
     "model_eval_resize",
     "multi30k_rows",
     "parse_record",
+    "prepare_records",
     "read_eval_split",
     "read_rows",
     "shard_pattern",

@@ -4,6 +4,8 @@ Example:
     $ malign data build --input captions.jsonl --images photos/ --out records/mine --shards 8
     $ malign data multi30k --root multi30k --images flickr30k-images --split train \
         --out records/m30k-train --shards 16
+    $ malign data prepare-multi30k --root multi30k --images flickr30k-images \
+        --out records/multi30k --image-size 64 --vocab-size 4000
     $ malign data synthetic --out records/synthetic-train --n 4000
     $ malign data inspect records/m30k-train
     $ malign data captions records/m30k-train --out corpus/m30k-train
@@ -71,6 +73,30 @@ def _multi30k(args: argparse.Namespace) -> int:
         languages=_languages(args.languages), captions=args.captions,
         verbose=not args.quiet, **_write_options(args),
     )
+    return 0
+
+
+def _prepare_multi30k(args: argparse.Namespace) -> int:
+    from malign.data.multi30k import prepare_records, prepare_tokenizer
+
+    options = {"max_image_pixels": args.max_image_pixels}
+    if args.workers:
+        options["workers"] = args.workers
+    patterns = prepare_records(
+        args.root, args.out, splits=_languages(args.splits) or [], captions=args.captions,
+        images=args.images, image_size=args.image_size, languages=_languages(args.languages),
+        verbose=not args.quiet, **options,
+    )
+    tokenizer = None
+    if args.vocab_size:
+        tokenizer = prepare_tokenizer(args.root, args.out, args.vocab_size,
+                                      captions=args.captions,
+                                      languages=_languages(args.languages),
+                                      verbose=not args.quiet)
+    for split, pattern in patterns.items():
+        print(f"{split}: {pattern}")
+    if tokenizer is not None:
+        print(f"tokenizer: {tokenizer}")
     return 0
 
 
@@ -152,7 +178,7 @@ def _add_max_pixels(parser: argparse.ArgumentParser, text: str) -> None:
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``malign data {build,multi30k,synthetic,inspect}``.
+    """Adds ``malign data {build,multi30k,prepare-multi30k,synthetic,inspect}``.
 
     Args:
         subparsers: the ``malign`` command's sub-parsers.
@@ -206,6 +232,45 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                           help="task1: one caption per language; task2: 5 en + 5 de; all")
     _add_write_options(multi30k)
     multi30k.set_defaults(func=_multi30k)
+
+    prepare = commands.add_parser(
+        "prepare-multi30k",
+        help="a Multi30K root's train and val records (and tokenizer), written once",
+        description=(
+            "Write the records a Multi30K training run reads into one directory: the train "
+            "split with --captions (default all: the four task1 captions and the ten task2 "
+            "ones per image) and every other split with task1 captions (one per language, "
+            "the retrieval benchmark), as OUT/<split>-*-of-*.tfrecord, and with "
+            "--vocab-size a SentencePiece tokenizer trained on the train captions "
+            "(OUT/tokenizer.model). A split or tokenizer whose OUT/<name>.done marker "
+            "records the same settings and source file sizes is not written again, so the "
+            "command can be re-run. recipes/multi30k_finetune.py reads OUT (its "
+            "MALIGN_MULTI30K_RECORDS)."
+        ),
+    )
+    prepare.add_argument("--root", required=True, metavar="DIR",
+                         help="the Multi30K checkout (holding data/task1)")
+    prepare.add_argument("--images", default=None, metavar="DIR",
+                         help="directory of the Flickr30K images (default ROOT/images)")
+    prepare.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    prepare.add_argument("--splits", default="train,val",
+                         help="comma-separated split names (default %(default)s; e.g. "
+                         "train,val,test_2016_flickr)")
+    prepare.add_argument("--captions", choices=("task1", "task2", "all"), default="all",
+                         help="captions of the train split (default %(default)s)")
+    prepare.add_argument("--languages", default=None,
+                         help="comma-separated, e.g. en,de (default: all available)")
+    prepare.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                         help="the model's image size: images are stored with the shorter side "
+                         "the crops resize to (round(size * 346 / 289)); default: as they are")
+    prepare.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                         help="also train an N-piece SentencePiece tokenizer on the train "
+                         "captions into OUT/tokenizer.model")
+    prepare.add_argument("--workers", type=int, default=None, help="image-reading threads")
+    _add_max_pixels(prepare, "JPEGs with more pixels are stored downsized, other images "
+                    "skipped as 'image too large'")
+    prepare.add_argument("--quiet", action="store_true", help="no progress output")
+    prepare.set_defaults(func=_prepare_multi30k)
 
     synthetic = commands.add_parser(
         "synthetic",
