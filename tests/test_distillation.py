@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -139,10 +144,9 @@ def test_a_distillation_step_trains_the_student_and_never_the_teacher():
     assert sum(changed) > len(changed) // 2
 
 
-@pytest.mark.slow  # passes alone; after other cpu:2 fits in one worker process the
-# synchronized batch norm's collective failed (InternalError) in CI: to be isolated.
-def test_distiller_under_two_replicas_matches_one_device_on_the_global_batch():
-    """Two replicas (cpu:2) and one device give the same weights after a step."""
+def _two_replicas_and_one_device_weights_differ_by() -> float:
+    """Max abs difference of the student's weights after one step under cpu:2 and under the
+    default strategy (run in a process of its own, see the test below)."""
     batch = _batch(2, 8)
     config = DistillationConfig(teacher="t.keras", image_alignment_weight=0.3)
     student, teacher = get_preset("tiny"), get_preset("tiny", **{"text.projection_dim": 32})
@@ -158,8 +162,31 @@ def test_distiller_under_two_replicas_matches_one_device_on_the_global_batch():
         # Keras splits the global batch of 8 between the replicas.
         d.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1, verbose=0)
         results.append([w.numpy() for w in d.student.trainable_weights])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, atol=2e-5)
+    return max(float(np.abs(a - b).max()) for a, b in zip(*results))
+
+
+def test_distiller_under_two_replicas_matches_one_device_on_the_global_batch():
+    """Two replicas (cpu:2) and one device give the same weights after a step.
+
+    Run in its own process: after other cpu:2 fits in one pytest worker, the synchronized
+    batch norm's collective met a stale collective from an earlier strategy (InternalError
+    "could be from a previous operation"), a clash between strategies sharing a process,
+    not a fault of the Distiller."""
+    here = Path(__file__).resolve()
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import malign; malign.distributed.configure_logical_cpus(2)\n"
+        "import test_distillation as t\n"
+        "print('max diff', t._two_replicas_and_one_device_weights_differ_by())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(here.parent)], capture_output=True, text=True,
+        timeout=300, cwd=here.parents[1],
+        env={**os.environ, "PYTHONPATH": str(here.parents[1]),
+             "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    diff = float(proc.stdout.split("max diff")[-1])
+    assert diff <= 2e-5, diff
 
 
 def test_cached_teacher_embeddings_equal_the_teachers_and_stale_caches_are_refused(
