@@ -47,7 +47,10 @@ shared subset:
     MALIGN_MULTI30K_RECORDS=records/multi30k-mini \\
         malign train --recipe recipes/multi30k_finetune.py --smoke --workdir runs/m30k-smoke
 
-Result: see ``benchmarks/RESULTS.md`` ("Multi30K fine-tuning (multi30k-mini)").
+Result from scratch on ``../shared/data/multi30k-mini`` (4000 train images, the 242 val images;
+2 CPU cores): 17 s of ``prepare-multi30k`` and 25 min of training; val mR en 24.2, de 22.2,
+fr 21.1, cs 19.5 (chance 2.2). Details: ``benchmarks/RESULTS.md`` ("Multi30K from scratch on
+multi30k-mini").
 """
 
 import json
