@@ -67,7 +67,7 @@ TOKENIZER_ENV = "MALIGN_DISTILL_TOKENIZER"
 #: The student's image side and text length (the multi30k_finetune teacher's).
 IMAGE_SIZE, SEQUENCE_LENGTH = 64, 32
 #: Steps of 64 for both the distilled student and its baseline.
-STEPS = 1500
+STEPS = 1000
 
 
 def _records() -> Path:
