@@ -131,7 +131,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "malign train --recipe recipes/demo.py --print-config": Run(
         why="--workdir runs/print-config: --print-config checks the work directory as training "
             "does, and runs/demo holds the shortened demo run above (another config)",
-        add="--workdir runs/print-config", output=r'"steps": 600\b'),
+        add="--workdir runs/print-config", output=r'"steps": 300\b'),
     # Distillation
     "malign distill --recipe recipes/demo.py --workdir runs/student --set "
     "distillation.teacher=runs/demo/model.keras": Run(
