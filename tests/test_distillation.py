@@ -225,6 +225,27 @@ def test_cached_teacher_embeddings_equal_the_teachers_and_stale_caches_are_refus
             (dict(want, pivot_language="de"), "pivot_language")):
         with pytest.raises(teacher_cache.StaleCacheError, match=what):
             teacher_cache.TeacherCache(tmp_path / "cache", changed)
+    # A caption repeated for one image (Multi30K task1 + task2 share some; found on
+    # multi30k-mini) and one shared by two images: each (id, caption) key stored once.
+    png = tf.io.encode_png(np.full((40, 40, 3), 90, np.uint8)).numpy()
+    dupes = str(tmp_path / "dupes")
+    malign.data.write_examples(
+        [malign.data.ImageTextExample("1000268201", png, "png",
+                                      ["A girl.", "Ein Mädchen.", "A girl.", "A girl."],
+                                      ["en", "de", "en", "en"]),
+         malign.data.ImageTextExample("2", png, "png", ["A girl.", "A girl."], ["en", "fr"])],
+        dupes, verbose=False)
+    for pivot, keys in (("en", 2), ("", 3)):
+        dupe_files = malign.data.list_files(dupes)
+        cache = teacher_cache.build_teacher_cache(
+            teacher, tokenizer, dupes, tmp_path / f"dupes-cache{pivot}",
+            teacher_cache.fingerprint(teacher, tok_path, dupe_files, pivot, 48, "shorter_side"),
+            pivot, log=lambda line: None)
+        assert len(cache.text_keys) == keys, cache.text_keys
+        got = cache.lookup(tf.constant(["1000268201", "2"]), tf.constant(["A girl.", "A girl."]))
+        want_text = teacher.embed_text(tokenizer(tf.constant(["A girl."])))
+        np.testing.assert_allclose(got["teacher_text_embeddings"],
+                                   np.repeat(want_text, 2, axis=0), atol=1e-5)
 
 
 def test_teacher_file_errors_name_the_field(tmp_path):

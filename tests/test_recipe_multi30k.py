@@ -181,8 +181,6 @@ def test_distill_student_configs(smoke, monkeypatch, tmp_path):
     assert config.distillation.teacher == str(tmp_path / "t.keras")
 
 
-@pytest.mark.xfail(reason="teacher cache: duplicate (image id, caption) keys clash "
-                   "(LookupTableImportV2) on multi30k records; open", strict=False)
 def test_distill_student_smoke(smoke_run):
     """distill_student's smoke: the student distilled from the multi30k smoke model (cached
     teacher embeddings), and its baseline trained alone, each a command in its own process."""

@@ -7,7 +7,9 @@ once over the training records and stores its embeddings keyed by example:
   mode, as ``malign eval`` embeds it), keyed by ``image/id``;
 - one text embedding per caption the teacher reads (the captions in the pivot language;
   every caption of a record that has none, or of every record when no pivot is set),
-  keyed by ``image/id`` + U+001F + the caption.
+  keyed by ``image/id`` + U+001F + the caption. A caption repeated for one image (Multi30K's
+  task1 and task2 share some, and one record may hold a caption twice) is embedded and
+  stored once: the teacher gives the same text the same embedding.
 
 Files, in ``<directory>/``: ``embeddings.npz`` (``image_ids``, ``image_embeddings`` float32
 [N, D], ``text_keys``, ``text_embeddings`` float32 [M, D]) and ``manifest.json`` (the
@@ -195,6 +197,21 @@ def _teacher_reads(split: Any, pivot_language: str) -> list[int]:
             if lang == pivot_language or int(split.text_to_image[j]) not in has_pivot]
 
 
+def _text_key(split: Any, j: int) -> str:
+    return split.image_ids[int(split.text_to_image[j])] + KEY_SEPARATOR + split.captions[j]
+
+
+def _unique_keys(split: Any, reads: list[int]) -> list[int]:
+    """``reads`` without the captions whose (image id, caption) key came before."""
+    seen, unique = set(), []
+    for j in reads:
+        key = _text_key(split, j)
+        if key not in seen:
+            seen.add(key)
+            unique.append(j)
+    return unique
+
+
 def _write_atomically(path: Path, write: Any) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     with open(tmp, "wb") as f:
@@ -242,14 +259,13 @@ def build_teacher_cache(teacher: Any, tokenizer: Any, file_pattern: str,
         raise ValueError(f"{file_pattern}: {len(dupes)} records share an image/id (e.g. "
                          f"{dupes[0]!r}); the teacher cache is keyed by id: give every record "
                          "its own id, or set distillation.cache_teacher=false")
-    reads = _teacher_reads(split, pivot_language)
+    reads = _unique_keys(split, _teacher_reads(split, pivot_language))
     log(f"teacher cache: embedding {split.num_images} images and {len(reads)} captions "
         f"with the teacher ({split.summary()})")
     image_emb = embed_images(teacher, split.images, num_images=split.num_images, verbose=False)
     text_emb = embed_texts(teacher, tokenizer, [split.captions[j] for j in reads], batch_size,
                            verbose=False)
-    keys = [split.image_ids[int(split.text_to_image[j])] + KEY_SEPARATOR + split.captions[j]
-            for j in reads]
+    keys = [_text_key(split, j) for j in reads]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MANIFEST).unlink(missing_ok=True)  # the old cache is invalid from here on
     _write_atomically(directory / EMBEDDINGS, lambda f: np.savez(
