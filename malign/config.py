@@ -32,6 +32,9 @@ __all__ = [
     "DistillationConfig",
     "ExperimentConfig",
     "DEFAULT_WARMUP_STEPS",
+    "INT_MAX",
+    "MAX_IMAGE_BLOCKS",
+    "MAX_STEPS",
     "DEFAULT_STEPS_PER_CHECKPOINT",
     "derived_checkpoint_interval",
     "derived_warmup_steps",
@@ -68,10 +71,12 @@ def _fail(owner: str, field: str, message: str) -> None:
 class _Config:
     """Mixin: dict round-trip, dotted overrides, validation.
 
-    ``validate(path)`` checks every field's type (integers are integers, numbers are
-    finite, nothing required is null) and then the values (``_check_values``); errors
-    name the field by its dotted path in the experiment (``model.text.vocabulary_size``),
-    the name ``--set`` takes.
+    ``validate(path)`` checks every field's type by its annotation, in every config class
+    and nested config (integers are integers, not booleans; floats are finite numbers;
+    lists are lists of their item type; nothing required is null), then the values
+    (``_check_values``), then that every integer is in ``[0, INT_MAX]`` (they all count
+    something). Errors name the field by its dotted path in the experiment
+    (``model.text.vocabulary_size``), the name ``--set`` takes, and what it expects.
     """
 
     _NAME: ClassVar[str] = "config"
