@@ -173,7 +173,8 @@ def read_transformers_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ``vision_model.embeddings.convolution.weight``).
 
     Raises:
-        ConversionError: no weight file, an unreadable one, or the same name twice.
+        ConversionError: naming the file: no weight file, an unreadable or damaged one, the
+            same name twice, a weight that is not floating-point or holds NaN or infinity.
 
     Example:
         >>> weights = read_transformers_weights("tests/fixtures/align_tiny")  # doctest: +SKIP
@@ -194,7 +195,15 @@ def read_transformers_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if key.endswith(IGNORED_BUFFER_SUFFIXES):
                 continue
             value = np.asarray(value)
-            if np.issubdtype(value.dtype, np.floating):
-                value = value.astype(np.float32, copy=False)
+            if not np.issubdtype(value.dtype, np.floating):
+                raise ConversionError(
+                    f"{file}: tensor {key!r} is {value.dtype}, not floating-point weights; the "
+                    "file's header is wrong (damaged) or this is not an ALIGN checkpoint")
+            value = value.astype(np.float32, copy=False)
+            bad = value.size - int(np.isfinite(value).sum())
+            if bad:
+                raise ConversionError(
+                    f"{file}: tensor {key!r} holds {bad} NaN or infinite value(s); the file "
+                    "is damaged (download it again) or the model it was saved from diverged")
             weights[key] = value
     return weights

@@ -63,6 +63,18 @@ def _unknown_dtype(path: Path) -> None:
     _safetensors_header(path, lambda h: _first_tensor(h).update(dtype="F99"))
 
 
+def _integer_dtype_of_the_same_size(path: Path) -> None:
+    _safetensors_header(path, lambda h: h["temperature"].update(dtype="I32"))
+
+
+def _nan_weights(path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(path))
+    weights["text_projection.weight"][0, 0] = float("nan")
+    save_file(weights, str(path))
+
+
 def _header_length_too_large(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(struct.pack("<Q", 10**12) + data[8:])
@@ -96,7 +108,8 @@ def _extra_tokens(path: Path) -> None:
 CASES = {
     "model.safetensors": [_random, _truncated, _empty, _offsets_beyond_the_file,
                           _shape_larger_than_its_bytes, _unknown_dtype,
-                          _header_length_too_large, _lines("hello")],
+                          _header_length_too_large, _lines("hello"),
+                          _integer_dtype_of_the_same_size, _nan_weights],
     "config.json": [_random, _truncated, _empty, _json([1, 2]),
                     _edit_json(lambda d: d.update(vision_config=[1])),
                     _edit_json(lambda d: d.update(projection_dim=None)),
