@@ -6,6 +6,7 @@ placeholder ``model.keras`` stands for one.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -118,3 +119,26 @@ def test_eval_and_export_refuse_another_tokenizer(run, other, tmp_path, capsys, 
     assert code == 2, err
     assert str(other) in err and "--force-tokenizer" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_embed_and_search_refuse_another_tokenizer_unless_forced(run, other, tmp_path, capsys):
+    from malign.search.commands import check_search
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a dog\n")
+    args = ["embed", "--model", str(run / "model.keras"), "--tokenizer", str(other),
+            "--captions", str(captions), "--out", str(tmp_path / "e.npz")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(other) in err and "--force-tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "e.npz").exists()
+
+    embeddings = tmp_path / "photos.npz"
+    embeddings.write_bytes(b"placeholder")  # check_search only needs the file to exist
+    search = argparse.Namespace(embeddings=str(embeddings), query=[("text", "a dog")],
+                                queries=None, sheet=None, model=str(run / "model.keras"),
+                                tokenizer=str(other), force_tokenizer=False)
+    with pytest.raises(TokenizerMismatchError, match="--force-tokenizer"):
+        check_search(search)
+    search.force_tokenizer = True
+    check_search(search)
