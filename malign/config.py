@@ -32,6 +32,9 @@ __all__ = [
     "DistillationConfig",
     "ExperimentConfig",
     "DEFAULT_WARMUP_STEPS",
+    "INT_MAX",
+    "MAX_IMAGE_BLOCKS",
+    "MAX_STEPS",
     "DEFAULT_STEPS_PER_CHECKPOINT",
     "derived_checkpoint_interval",
     "derived_warmup_steps",
@@ -68,10 +71,12 @@ def _fail(owner: str, field: str, message: str) -> None:
 class _Config:
     """Mixin: dict round-trip, dotted overrides, validation.
 
-    ``validate(path)`` checks every field's type (integers are integers, numbers are
-    finite, nothing required is null) and then the values (``_check_values``); errors
-    name the field by its dotted path in the experiment (``model.text.vocabulary_size``),
-    the name ``--set`` takes.
+    ``validate(path)`` checks every field's type by its annotation, in every config class
+    and nested config (integers are integers, not booleans; floats are finite numbers;
+    lists are lists of their item type; nothing required is null), then the values
+    (``_check_values``), then that every integer is in ``[0, INT_MAX]`` (they all count
+    something). Errors name the field by its dotted path in the experiment
+    (``model.text.vocabulary_size``), the name ``--set`` takes, and what it expects.
     """
 
     _NAME: ClassVar[str] = "config"
@@ -167,9 +172,11 @@ class _Config:
         """
         path = self._default_path() if path is None else path
         hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            _check_type(path, f.name, hints[f.name], getattr(self, f.name))
-        self._check_values(path)
+        for counts in (False, True):
+            for f in dataclasses.fields(self):
+                _check_type(path, f.name, hints[f.name], getattr(self, f.name), counts)
+            if not counts:
+                self._check_values(path)
 
     def _check_values(self, path: str) -> None:  # pragma: no cover - overridden
         pass
@@ -184,17 +191,56 @@ def _is_optional(hint: Any) -> tuple[bool, Any]:
     return False, hint
 
 
+#: Every integer field counts something (sizes, steps, widths, a seed): it must lie in
+#: ``[0, INT_MAX]``; ``INT_MAX`` is the largest int64 (TensorFlow's step and size counters).
+INT_MAX = 2**63 - 1
+
+
 def _describe(hint: Any) -> str:
     if isinstance(hint, type) and issubclass(hint, _Config):
         return "a mapping of fields"
     if typing.get_origin(hint) is tuple:
-        return "a list"
-    return {int: "an integer", float: "a finite number", str: "a string",
+        args = typing.get_args(hint)
+        return f"a list of {_plural(args[0])}" if args else "a list"
+    return {int: "an integer in [0, 2**63)", float: "a finite number", str: "a string",
             bool: "a boolean"}.get(hint, str(hint))
 
 
-def _check_type(owner: str, key: str, hint: Any, value: Any) -> None:
-    """Raises ConfigError unless ``value`` has the type ``hint`` (finite, for numbers)."""
+def _plural(hint: Any) -> str:
+    """``_describe`` of a list item, in the plural ("integers in [0, ...]", "lists of ...")."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return f"lists of {_plural(args[0])}" if args else "lists"
+    return {int: "integers in [0, 2**63)", float: "finite numbers", str: "strings",
+            bool: "booleans"}.get(hint, str(hint))
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened to ``limit`` characters (a 400-digit number stays readable)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's int-to-str digit limit
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
+
+
+def _is_finite(value: int | float) -> bool:
+    """True for a number that is a finite float (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _check_type(owner: str, key: str, hint: Any, value: Any, counts: bool = True) -> None:
+    """Raises ConfigError unless ``value`` has the type ``hint`` (finite, for numbers).
+
+    Args:
+        counts: also refuse negative integers (every integer field counts something).
+            ``validate`` checks the types without it first, so that a config's own
+            ``_check_values`` (whose messages suggest values that work) sees every
+            negative number before this generic check.
+    """
     optional, hint = _is_optional(hint)
     if value is None:
         if optional:
@@ -202,28 +248,29 @@ def _check_type(owner: str, key: str, hint: Any, value: Any) -> None:
         _fail(owner, key, f"must be set: expected {_describe(hint)}, got null")
     if isinstance(hint, type) and issubclass(hint, _Config):
         if not isinstance(value, hint):
-            _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+            _fail(owner, key, f"expected {_describe(hint)}, got {_shown(value)}")
         return
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, tuple):
-            _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+            _fail(owner, key, f"expected {_describe(hint)}, got {_shown(value)}")
         args = typing.get_args(hint)
         if args:
             for item in value:
-                _check_type(owner, key, args[0], item)
+                _check_type(owner, key, args[0], item, counts)
         return
     ok = True
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = (isinstance(value, int) and not isinstance(value, bool)
+              and (0 if counts else -INT_MAX - 1) <= value <= INT_MAX)
     elif hint is float:
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value))
+              and _is_finite(value))
     elif hint is str:
         ok = isinstance(value, str)
     if not ok:
-        _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+        _fail(owner, key, f"expected {_describe(hint)}, got {_shown(value)}")
 
 
 def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
@@ -244,13 +291,13 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
-            _fail(owner, key, f"expected {_describe(hint)}, got {value!r}")
+            _fail(owner, key, f"expected {_describe(hint)}, got {_shown(value)}")
         return hint.from_dict(value, path=_join(owner, key))
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            _fail(owner, key, f"expected a list (or comma-separated values), got {value!r}")
+            _fail(owner, key, f"expected a list (or comma-separated values), got {_shown(value)}")
         args = typing.get_args(hint)
         item = args[0] if args else Any
         return tuple(_coerce(owner, key, item, v) for v in value)
@@ -262,21 +309,25 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
                 return False
         elif isinstance(value, (bool, int)) and value in (0, 1):
             return bool(value)
-        _fail(owner, key, f"expected a boolean, got {value!r}")
+        _fail(owner, key, f"expected a boolean, got {_shown(value)}")
     if hint is int:
+        number = None
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
             try:
-                return int(value.strip())
+                number = int(value.strip())
             except ValueError:
                 pass
-        _fail(owner, key, f"expected an integer, got {value!r}")
+        # Negative numbers are refused by ``validate`` (after the config's own checks).
+        if number is None or not -INT_MAX - 1 <= number <= INT_MAX:
+            _fail(owner, key, f"expected {_describe(int)}, got {_shown(value)}")
+        return number
     if hint is float:
         number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_finite(value):
             number = float(value)
         elif isinstance(value, str):
             try:
@@ -284,14 +335,14 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
             except ValueError:
                 pass
         if number is None or not math.isfinite(number):
-            _fail(owner, key, f"expected a finite number, got {value!r}")
+            _fail(owner, key, f"expected a finite number, got {_shown(value)}")
         return number
     if hint is str:
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, (str, int, float)):
             return str(value)
-        _fail(owner, key, f"expected a string, got {value!r}")
+        _fail(owner, key, f"expected a string, got {_shown(value)}")
     return value
 
 
@@ -305,6 +356,12 @@ EFFICIENTNET_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (5, 4, 112, 192, 6, 2),
     (3, 1, 192, 320, 6, 1),
 )
+
+#: The most MBConv blocks an image tower may have (EfficientNet-B7 has 55, L2 about 90).
+MAX_IMAGE_BLOCKS = 1000
+#: The most optimizer steps a run may take (ALIGN: 1.2M). The checkpoint interval is a
+#: divisor of the steps, found by trial division up to their square root.
+MAX_STEPS = 10**12
 
 NORMALIZATIONS = ("minus_one_to_one", "imagenet", "none")
 #: How evaluation and serving resize an image before the centre crop
@@ -372,6 +429,9 @@ class ImageTowerConfig(_Config):
             _fail(n, "depth_coefficient", f"must be > 0, got {self.depth_coefficient}")
         if self.image_size < 16:
             _fail(n, "image_size", f"must be >= 16 pixels, got {self.image_size}")
+        if self.depth_divisor < 1:
+            _fail(n, "depth_divisor", f"channels are rounded to multiples of it: must be >= 1 "
+                                      f"(EfficientNet: 8), got {self.depth_divisor}")
         if not self.stages:
             _fail(n, "stages", "needs at least one stage")
         for i, stage in enumerate(self.stages):
@@ -390,12 +450,23 @@ class ImageTowerConfig(_Config):
                       f"stage {i} reads {f_in} channels but {source} is {before}; the widths "
                       "must chain (stem_filters = stage 0's input, each stage's input = the "
                       "previous stage's output)")
+        from malign.models.sizes import round_repeats
+
+        blocks = sum(round_repeats(stage[1], self.depth_coefficient) for stage in self.stages)
+        if blocks > MAX_IMAGE_BLOCKS:
+            _fail(n, "depth_coefficient",
+                  f"{self.depth_coefficient} makes {blocks} blocks from the stage table; at "
+                  f"most {MAX_IMAGE_BLOCKS} can be built (EfficientNet-B7, depth 3.1: 55)")
         for value, name in ((self.dropout_rate, "dropout_rate"),
                             (self.drop_connect_rate, "drop_connect_rate")):
             if not 0.0 <= value < 1.0:
                 _fail(n, name, f"must be in [0, 1), got {value}")
         if self.top_filters < 0 or self.projection_dim < 0:
             _fail(n, "top_filters" if self.top_filters < 0 else "projection_dim", "must be >= 0")
+        if self.batch_norm_epsilon <= 0:
+            _fail(n, "batch_norm_epsilon", f"must be > 0, got {self.batch_norm_epsilon}")
+        if not 0.0 <= self.batch_norm_momentum < 1.0:
+            _fail(n, "batch_norm_momentum", f"must be in [0, 1), got {self.batch_norm_momentum}")
         if not 0 < self.se_ratio <= 1:
             _fail(n, "se_ratio", f"must be in (0, 1], got {self.se_ratio}")
         if self.normalization not in NORMALIZATIONS:
@@ -721,8 +792,8 @@ class TrainingConfig(_Config):
         if self.global_batch_size < 2:
             _fail(n, "global_batch_size",
                   f"a contrastive loss needs >= 2, got {self.global_batch_size}")
-        if self.steps < 1:
-            _fail(n, "steps", f"must be >= 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            _fail(n, "steps", f"must be in [1, {MAX_STEPS:.0e}], got {self.steps}")
         if self.steps_per_checkpoint is not None:
             self._check_checkpoint_interval(n)
         if self.optimizer not in ("lamb", "adamw"):
@@ -865,7 +936,7 @@ class ExperimentConfig(_Config):
         20
         >>> exp.with_overrides({"training.steps": None})
         Traceback (most recent call last):
-        malign.config.ConfigError: training.steps: must be set: expected an integer, got null
+        malign.config.ConfigError: training.steps: must be set: expected an integer in [0, 2**63), got null
     """
 
     _NAME: ClassVar[str] = "experiment"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import malign
 from malign.cli import main
 from malign.training.commands import parse_overrides
 
@@ -40,6 +42,22 @@ def test_smoke_train_writes_checkpoints_and_config(tmp_path):
     config = json.loads((workdir / "config.json").read_text())
     assert config["training"]["strategy"] == "cpu:2" and config["training"]["steps"] == 4
     assert list((workdir / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_a_run_records_its_tokenizer_fingerprint(tmp_path):
+    """The tokenizer copy beside model.keras comes with its SHA-256, which eval and export
+    compare any --tokenizer against."""
+    workdir = tmp_path / "run"
+    result = _malign(["train", *SMOKE, "--set", "training.steps=2",
+                      "--set", "data.train_pattern=synthetic",
+                      "--set", "data.synthetic_examples=8", "--set", "data.tokenizer=test",
+                      "--workdir", str(workdir)], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((workdir / "tokenizer-fingerprint.json").read_text())
+    copy = (workdir / "tokenizer.model").read_bytes()
+    assert copy == malign.text.test_vocab_path().read_bytes()
+    assert record["sha256"] == hashlib.sha256(copy).hexdigest()
+    assert record["file"] == "tokenizer.model" and record["written_by"] == "malign train"
 
 
 def test_killed_run_resumes_from_saved_step(tmp_path):

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -76,7 +75,13 @@ def find_weights_files(path: str | os.PathLike) -> list[Path]:
         if (path / name).is_file():
             return [path / name]
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            from malign.convert.inputs import read_json_object
+
+            weight_map = read_json_object(index, "the shard index").get("weight_map", {})
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(shard, str) and shard for shard in weight_map.values()):
+                raise ConversionError(f"{index}: weight_map must map tensor names to shard "
+                                      "file names")
             shards = sorted({path / shard for shard in weight_map.values()})
             missing = [str(s) for s in shards if not s.is_file()]
             if missing:
@@ -92,10 +97,32 @@ def find_weights_files(path: str | os.PathLike) -> list[Path]:
 
 
 def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file.
+
+    Raises:
+        ConversionError: naming the file, when it cannot be read, is empty, truncated or
+            otherwise damaged (a header that does not parse, or whose shapes, dtypes and
+            offsets do not fit the bytes that follow), or holds bfloat16 (numpy has none).
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
+        size = file.stat().st_size
+    except OSError as error:
+        raise ConversionError(f"{file}: cannot be read ({error.strerror or error})") from None
+    if size < 8:
+        raise ConversionError(f"{file}: {size} bytes, shorter than a safetensors header; the "
+                              "file is empty or truncated: download it again")
+    try:
         return load_file(str(file))
+    except SafetensorError as error:
+        raise ConversionError(
+            f"{file}: not a readable safetensors file ({error}); it is truncated or damaged: "
+            "download it again"
+        ) from None
+    except OSError as error:
+        raise ConversionError(f"{file}: cannot be read ({error.strerror or error})") from None
     except (TypeError, ValueError) as error:  # e.g. bfloat16, which numpy lacks
         raise ConversionError(
             f"cannot read {file} with numpy ({error}); a bfloat16 checkpoint needs torch to "
@@ -112,7 +139,15 @@ def _read_torch_pickle(file: Path) -> dict[str, np.ndarray]:
             "Install torch (`pip install torch`), or use the checkpoint's model.safetensors "
             "(kakaobrain/align-base ships one), which malign reads without torch."
         ) from None
-    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise ConversionError(f"{file}: not a readable PyTorch checkpoint "
+                              f"({type(error).__name__}: {error}); it is truncated or "
+                              "damaged: download it again") from None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{file}: holds a {type(state).__name__}, not a state dict of "
+                              "tensors")
     out = {}
     for key, value in state.items():
         if not hasattr(value, "detach"):
@@ -138,7 +173,8 @@ def read_transformers_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ``vision_model.embeddings.convolution.weight``).
 
     Raises:
-        ConversionError: no weight file, an unreadable one, or the same name twice.
+        ConversionError: naming the file: no weight file, an unreadable or damaged one, the
+            same name twice, a weight that is not floating-point or holds NaN or infinity.
 
     Example:
         >>> weights = read_transformers_weights("tests/fixtures/align_tiny")  # doctest: +SKIP
@@ -159,7 +195,15 @@ def read_transformers_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if key.endswith(IGNORED_BUFFER_SUFFIXES):
                 continue
             value = np.asarray(value)
-            if np.issubdtype(value.dtype, np.floating):
-                value = value.astype(np.float32, copy=False)
+            if not np.issubdtype(value.dtype, np.floating):
+                raise ConversionError(
+                    f"{file}: tensor {key!r} is {value.dtype}, not floating-point weights; the "
+                    "file's header is wrong (damaged) or this is not an ALIGN checkpoint")
+            value = value.astype(np.float32, copy=False)
+            bad = value.size - int(np.isfinite(value).sum())
+            if bad:
+                raise ConversionError(
+                    f"{file}: tensor {key!r} holds {bad} NaN or infinite value(s); the file "
+                    "is damaged (download it again) or the model it was saved from diverged")
             weights[key] = value
     return weights

@@ -12,6 +12,8 @@ checks (see ``malign.convert.from_transformers_align``) and writes, next to each
 - ``vocab.txt``: the checkpoint's WordPiece vocabulary, where ``malign eval`` (and
   ``find_tokenizer``) look for a tokenizer next to a model, with the checkpoint's
   ``tokenizer.json`` / ``tokenizer_config.json`` (lowercasing, accents, added tokens);
+- ``tokenizer-fingerprint.json``: the SHA-256 of that ``vocab.txt``; ``malign eval`` and
+  ``malign export`` refuse another tokenizer file for this model (``malign.text.fingerprint``);
 - ``model.conversion.json``: source, tensor and weight counts, the malign config, and
   the checkpoint's image preprocessing (resize, crop, resampling, rescaling).
 
@@ -119,6 +121,7 @@ def run_transformers_align(args: argparse.Namespace) -> int:
     import malign  # noqa: F401  (registers the custom objects)
     from malign.convert.transformers_align import import_transformers_align
     from malign.models.align_model import count_params
+    from malign.text.fingerprint import FINGERPRINT_NAME, write_tokenizer_fingerprint
 
     src = Path(args.src)
     if not src.exists():
@@ -150,6 +153,11 @@ def run_transformers_align(args: argparse.Namespace) -> int:
                 shutil.copyfile(source, target)
             elif target.exists():
                 target.unlink()
+    # What eval and export compare a tokenizer against (malign.text.fingerprint); a record
+    # left by another model in this directory would name a vocabulary that is not this one's.
+    fingerprint = write_tokenizer_fingerprint(copied, "malign convert") if copied else None
+    if copied is None and (out.parent / FINGERPRINT_NAME).exists():
+        (out.parent / FINGERPRINT_NAME).unlink()
 
     settings = result.image_processor
     record = {
@@ -162,6 +170,7 @@ def run_transformers_align(args: argparse.Namespace) -> int:
         "eval_resize": model.model_config.image.eval_resize,
         "eval_crop_mismatch": settings.eval_crop_mismatch(model.image_size),
         "tokenizer": {"vocabulary": str(copied) if copied else None,
+                      "sha256": fingerprint["sha256"] if fingerprint else None,
                       "lowercase": result.lowercase,
                       "sequence_length": model.sequence_length},
         "model_config": model.model_config.to_dict(),

@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
@@ -47,6 +46,7 @@ from typing import Any
 import tensorflow as tf
 
 from malign.convert.checkpoint import ConversionError, checkpoint_directory
+from malign.convert.inputs import read_json_object
 from malign.models.image_tower import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ImageProcessorSettings", "processor_image_preprocess", "read_image_processor"]
@@ -247,6 +247,10 @@ def read_image_processor(path: str | os.PathLike) -> ImageProcessorSettings | No
     Returns:
         The settings, or None when neither file exists.
 
+    Raises:
+        ConversionError: naming the file, when it is not valid JSON, holds settings of the
+            wrong type, or processing malign cannot reproduce.
+
     Example:
         >>> read_image_processor("tests/fixtures/align_tiny").image_size  # doctest: +SKIP
         67
@@ -255,12 +259,22 @@ def read_image_processor(path: str | os.PathLike) -> ImageProcessorSettings | No
     flat = directory / "preprocessor_config.json"
     nested = directory / "processor_config.json"
     if flat.is_file():
-        return settings_from_processor_dict(json.loads(flat.read_text(encoding="utf-8")))
-    if nested.is_file():
-        data = json.loads(nested.read_text(encoding="utf-8"))
-        if isinstance(data.get("image_processor"), dict):
-            return settings_from_processor_dict(data["image_processor"])
-    return None
+        file, data = flat, read_json_object(flat, "the image processor config")
+    elif nested.is_file():
+        file = nested
+        data = read_json_object(nested, "the processor config").get("image_processor")
+        if not isinstance(data, dict):
+            return None
+    else:
+        return None
+    try:
+        return settings_from_processor_dict(data)
+    except ConversionError as error:
+        raise ConversionError(f"{file}: {error}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as error:
+        raise ConversionError(f"{file}: a setting of the wrong type ({type(error).__name__}: "
+                              f"{error}); the file is not an image processor config or it "
+                              "is damaged") from None
 
 
 def processor_image_preprocess(image: tf.Tensor, settings: ImageProcessorSettings) -> tf.Tensor:

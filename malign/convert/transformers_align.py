@@ -53,7 +53,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
@@ -65,6 +64,7 @@ import numpy as np
 
 from malign.config import ImageTowerConfig, ModelConfig, TextTowerConfig
 from malign.convert.checkpoint import ConversionError, checkpoint_directory, read_transformers_weights
+from malign.convert.inputs import check_vocabulary, read_json_object
 from malign.convert.preprocess import ImageProcessorSettings, read_image_processor
 from malign.models.image_tower import block_specs
 
@@ -116,7 +116,8 @@ def read_align_config(path: str | os.PathLike) -> dict[str, Any]:
         "temperature_init_value": float}``.
 
     Raises:
-        ConversionError: no ``config.json``, or not an ALIGN config.
+        ConversionError: naming the file: no ``config.json``, not valid JSON, not an ALIGN
+            config, or sections and numbers of the wrong type.
 
     Example:
         >>> read_align_config("tests/fixtures/align_tiny")["projection_dim"]  # doctest: +SKIP
@@ -126,18 +127,32 @@ def read_align_config(path: str | os.PathLike) -> dict[str, Any]:
     file = directory / "config.json"
     if not file.is_file():
         raise ConversionError(f"no config.json in {directory}: pass the checkpoint directory")
-    data = json.loads(file.read_text(encoding="utf-8"))
+    data = read_json_object(file, "the model config")
     model_type = data.get("model_type")
     if model_type != "align":
         raise ConversionError(f"{file}: model_type is {model_type!r}, not 'align' "
                               "(an AlignModel checkpoint such as kakaobrain/align-base)")
-    vision = {**_VISION_DEFAULTS, **(data.get("vision_config") or {})}
-    text = {**_TEXT_DEFAULTS, **(data.get("text_config") or {})}
+    sections = {}
+    for name in ("vision_config", "text_config"):
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConversionError(f"{file}: {name} must be an object of settings, got "
+                                  f"{type(section).__name__}")
+        sections[name] = section
+    projection_dim = data.get("projection_dim", 640)
+    temperature = data.get("temperature_init_value", 1.0)
+    if isinstance(projection_dim, bool) or not isinstance(projection_dim, int) \
+            or projection_dim < 0:
+        raise ConversionError(f"{file}: projection_dim must be an integer >= 0, got "
+                              f"{projection_dim!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ConversionError(f"{file}: temperature_init_value must be a number, got "
+                              f"{temperature!r}")
     return {
-        "text_config": text,
-        "vision_config": vision,
-        "projection_dim": int(data.get("projection_dim", 640)),
-        "temperature_init_value": float(data.get("temperature_init_value", 1.0)),
+        "text_config": {**_TEXT_DEFAULTS, **sections["text_config"]},
+        "vision_config": {**_VISION_DEFAULTS, **sections["vision_config"]},
+        "projection_dim": projection_dim,
+        "temperature_init_value": float(temperature),
     }
 
 
@@ -224,7 +239,7 @@ def _sequence_length_of(directory: Path) -> int:
     """The tokenizer's ``model_max_length`` when it is a caption length, else 64."""
     file = directory / "tokenizer_config.json"
     if file.is_file():
-        value = json.loads(file.read_text(encoding="utf-8")).get("model_max_length")
+        value = read_json_object(file, "the tokenizer config").get("model_max_length")
         if isinstance(value, (int, float)) and 2 <= value <= 512:
             return int(value)
     return DEFAULT_SEQUENCE_LENGTH
@@ -266,20 +281,29 @@ def config_from_transformers_align(
     align = read_align_config(directory)
     processor = read_image_processor(directory)
     vision = align["vision_config"]
-    if image_size is None:
-        if processor is not None and (processor.crop or processor.resize):
-            image_size = processor.image_size
-        else:
-            size = vision["image_size"]
-            image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    if image_size is None and processor is not None and (processor.crop or processor.resize):
+        image_size = processor.image_size
     normalization = processor.normalization if processor is not None else "minus_one_to_one"
     # Evaluate and serve with the processor's layout: a fixed height x width resize (the
     # align-base default when there is no processor file) is eval_resize "square".
     eval_resize = processor.eval_resize if processor is not None else "square"
-    image = _image_tower_config(vision, int(image_size), normalization, eval_resize)
     if sequence_length is None:
         sequence_length = _sequence_length_of(directory)
-    text = _text_tower_config(align["text_config"], align["projection_dim"], sequence_length)
+    file = directory / "config.json"
+    try:
+        if image_size is None:
+            size = vision["image_size"]
+            image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        image = _image_tower_config(vision, int(image_size), normalization, eval_resize)
+        text = _text_tower_config(align["text_config"], align["projection_dim"],
+                                  sequence_length)
+    except ConversionError as error:
+        raise ConversionError(f"{file}: {error}") from None
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as error:
+        raise ConversionError(
+            f"{file}: vision_config or text_config holds a value of the wrong type "
+            f"({type(error).__name__}: {error}); the file is not a transformers ALIGN config "
+            "or it is damaged") from None
     if temperature is None:
         temperature = align["temperature_init_value"]
     temperature = float(temperature)
@@ -520,6 +544,22 @@ def _tokenizer_settings(directory: Path) -> dict:
         raise ConversionError(str(error)) from None
 
 
+def _names(path: str | os.PathLike) -> str:
+    """The checkpoint's weight files, for messages."""
+    from malign.convert.checkpoint import find_weights_files
+
+    return ", ".join(str(f) for f in find_weights_files(path))
+
+
+def _vocabulary_size(align: dict[str, Any], directory: Path) -> int:
+    """``text_config.vocab_size`` of a config read by ``read_align_config``."""
+    size = align["text_config"]["vocab_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConversionError(f"{directory / 'config.json'}: text_config.vocab_size must be "
+                              f"an integer >= 1, got {size!r}")
+    return size
+
+
 def _lowercase_of(directory: Path) -> bool:
     return bool(_tokenizer_settings(directory).get("lowercase", True))
 
@@ -555,12 +595,21 @@ def import_transformers_align(
     from malign.models.align_model import AlignModel
 
     directory = checkpoint_directory(path)
-    read_align_config(directory)  # a missing or foreign config.json is the first error
+    # The files are checked before the weights are read and the model is built: a missing,
+    # foreign or damaged config.json first, then the tokenizer files.
+    align = read_align_config(directory)
+    vocabulary = directory / "vocab.txt"
+    if vocabulary.is_file():
+        check_vocabulary(vocabulary, _vocabulary_size(align, directory))
+    _tokenizer_settings(directory)
     weights = read_transformers_weights(path)
     temperature = weights.get("temperature")
     if temperature is None:
         raise ConversionError("checkpoint has no temperature (needed for model weight "
                               "temperature)")
+    if np.size(temperature) != 1:
+        raise ConversionError(f"the checkpoint's temperature has shape {np.shape(temperature)}; "
+                              f"expected one number (files: {_names(path)})")
     config = config_from_transformers_align(
         directory, temperature=float(np.asarray(temperature).reshape(())),
         image_size=image_size, sequence_length=sequence_length,
@@ -588,7 +637,6 @@ def import_transformers_align(
                       f"image processor: {mismatch}. Use "
                       "malign.convert.processor_image_preprocess for its exact pixels.",
                       stacklevel=2)
-    vocabulary = directory / "vocab.txt"
     return AlignImport(model=model, image_processor=processor,
                        vocabulary=vocabulary if vocabulary.is_file() else None,
                        lowercase=_lowercase_of(directory), tensors=count)

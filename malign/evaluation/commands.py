@@ -65,6 +65,11 @@ def _add_common(parser: argparse.ArgumentParser, required: bool) -> None:
         "--tokenizer",
         help="SentencePiece .model (or WordPiece vocab.txt); default: tokenizer.model next to the model",
     )
+    parser.add_argument(
+        "--force-tokenizer", action="store_true",
+        help="use --tokenizer even when it is not the file the model was trained or converted "
+        "with (its SHA-256 differs from the model's tokenizer-fingerprint.json)",
+    )
     parser.add_argument("--out", required=required, help="output directory")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--text-batch-size", type=int, default=256, help="captions per batch (default 256)")
@@ -237,9 +242,46 @@ def load_tokenizer(path: str | os.PathLike, model: Any):
     return text.tokenizer_from_file(path, model.sequence_length, model.vocabulary_size)
 
 
+def model_tokenizer_path(model_spec: str, tokenizer: str | None, force: bool = False) -> Path:
+    """The tokenizer file to use with a model, checked against the model's fingerprint.
+
+    Args:
+        model_spec: the ``--model`` value (a ``.keras`` file or ``preset:NAME``).
+        tokenizer: the ``--tokenizer`` value, or None to take the one beside the model
+            (``find_tokenizer``).
+        force: the ``--force-tokenizer`` flag: a tokenizer whose SHA-256 differs from the
+            one the model recorded is used anyway, with a warning on stderr.
+
+    Returns:
+        The tokenizer path.
+
+    Raises:
+        FileNotFoundError: no tokenizer given and none found, or the one given is missing.
+        ValueError: (``malign.text.fingerprint.TokenizerMismatchError``) the tokenizer is
+            not the one the model was made with, naming both files and ``--force-tokenizer``;
+            models without a recorded fingerprint are not refused (``load_tokenizer``
+            still checks the vocabulary size).
+
+    Example:
+        >>> import malign
+        >>> model_tokenizer_path("preset:tiny", str(malign.text.test_vocab_path())).suffix
+        '.model'
+    """
+    from malign.text.fingerprint import check_tokenizer_fingerprint
+
+    path = Path(tokenizer) if tokenizer else find_tokenizer(model_spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    warning = check_tokenizer_fingerprint(model_spec, path, force=force)
+    if warning:
+        print(warning, file=sys.stderr)
+    return path
+
+
 def _model_and_tokenizer(args: argparse.Namespace):
+    tokenizer_path = model_tokenizer_path(args.model, args.tokenizer,
+                                          getattr(args, "force_tokenizer", False))
     model = load_model(args.model)
-    tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(args.model)
     return model, load_tokenizer(tokenizer_path, model), tokenizer_path
 
 

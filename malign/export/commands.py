@@ -10,7 +10,10 @@ writes ``OUT/<version>/`` (the next free version unless ``--version``) with the 
 ``OUT/<version>/assets.extra/model.json``; see :mod:`malign.export`.
 
 The tokenizer is ``--tokenizer PATH``, or, as for ``malign eval``, ``tokenizer.model``,
-``sentencepiece.model`` or ``vocab.txt`` next to the model (or one directory up).
+``sentencepiece.model`` or ``vocab.txt`` next to the model (or one directory up). A
+tokenizer file whose SHA-256 is not the one the model recorded
+(``tokenizer-fingerprint.json``, written by ``malign train``/``distill``/``convert``) is
+refused unless ``--force-tokenizer`` is given.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
         >>> main(["export", "--model", "runs/demo/model.keras", "--out", "export/demo"])
         ... # doctest: +SKIP
     """
-    from malign.evaluation.commands import find_tokenizer, load_model, load_tokenizer
+    from malign.evaluation.commands import load_model, load_tokenizer, model_tokenizer_path
     from malign.export import saved_model as export
 
     started = time.time()
@@ -59,13 +62,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.version is not None and args.version < 0:
         raise ValueError("--version must be a non-negative integer")
     card: dict[str, Any] = {}
+    tokenizer_path = None
+    if "text" in towers:  # checked first: a tokenizer that is not the model's is refused
+        tokenizer_path = model_tokenizer_path(args.model, args.tokenizer, args.force_tokenizer)
     if not args.model.startswith("preset:"):
         card.update(export.training_record(args.model))
     model = load_model(args.model)
-    tokenizer, tokenizer_path = None, None
-    if "text" in towers:
-        tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(args.model)
-        tokenizer = load_tokenizer(tokenizer_path, model)
+    tokenizer = load_tokenizer(tokenizer_path, model) if tokenizer_path is not None else None
     card["source"] = {
         "model": str(Path(args.model).resolve()) if not args.model.startswith("preset:")
         else args.model,
@@ -138,6 +141,11 @@ def add_subparser(subparsers: Any) -> None:
         "--tokenizer",
         help="SentencePiece .model (or WordPiece vocab.txt); default: tokenizer.model next to "
         "the model",
+    )
+    parser.add_argument(
+        "--force-tokenizer", action="store_true",
+        help="use --tokenizer even when it is not the file the model was trained or converted "
+        "with (its SHA-256 differs from the model's tokenizer-fingerprint.json)",
     )
     parser.add_argument("--eval", action="append", metavar="METRICS_JSON",
                         help="a metrics.json of `malign eval` for the model card (repeatable); "

@@ -114,7 +114,9 @@ def _pooled_width(config: ImageTowerConfig) -> int:
     """Channels after global pooling (before the optional projection)."""
     if config.top_filters:
         return round_filters(config.top_filters, config.width_coefficient, config.depth_divisor)
-    return block_specs(config)[-1]["filters_out"]
+    # The last block writes the last stage's (rounded) width; computed without expanding
+    # the blocks, so a config check on a huge depth_coefficient stays instant.
+    return round_filters(config.stages[-1][3], config.width_coefficient, config.depth_divisor)
 
 
 def image_output_dim(config: ImageTowerConfig) -> int:

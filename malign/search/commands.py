@@ -94,6 +94,7 @@ def check_embed(args: argparse.Namespace) -> None:
                              "own tokenizer")
         if not Path(args.tokenizer).is_file():
             raise FileNotFoundError(f"tokenizer not found: {args.tokenizer}")
+        _check_fingerprint(path, args)
     if args.images is not None:
         images = Path(args.images)
         if not images.exists():
@@ -143,6 +144,18 @@ def check_search(args: argparse.Namespace) -> None:
                              "own tokenizer")
     if args.tokenizer is not None and not Path(args.tokenizer).is_file():
         raise FileNotFoundError(f"tokenizer not found: {args.tokenizer}")
+    if args.model is not None and args.tokenizer is not None:
+        _check_fingerprint(resolve_model_path(args.model), args)
+
+
+def _check_fingerprint(model: Path, args: argparse.Namespace) -> None:
+    """Refuses a ``--tokenizer`` that is not the ``.keras`` model's own (its recorded
+    SHA-256, ``malign.text.fingerprint``) unless ``--force-tokenizer`` is given."""
+    from malign.text.fingerprint import check_tokenizer_fingerprint
+
+    if model_format(model) == "keras":
+        check_tokenizer_fingerprint(model, args.tokenizer,
+                                    force=getattr(args, "force_tokenizer", False))
 
 
 # -- malign embed -------------------------------------------------------------------------
@@ -433,6 +446,9 @@ def add_subparser(subparsers: Any) -> None:
     embed.add_argument("--model", required=True,
                        help="a .keras file saved by malign, or a SavedModel of `malign export` "
                        "(a version directory, or its base directory for the newest version)")
+    embed.add_argument("--force-tokenizer", action="store_true",
+                       help="use --tokenizer even when its SHA-256 is not the one the .keras "
+                       "model recorded (tokenizer-fingerprint.json)")
     embed.add_argument("--tokenizer",
                        help="a .keras model's SentencePiece .model (or WordPiece vocab.txt); "
                        "default: tokenizer.model next to the model")
@@ -472,6 +488,9 @@ def add_subparser(subparsers: Any) -> None:
     search.add_argument("--model",
                         help="the model that embeds the queries (default: the one recorded in "
                         "the embeddings file; another model is refused)")
+    search.add_argument("--force-tokenizer", action="store_true",
+                        help="use --tokenizer even when its SHA-256 is not the one the .keras "
+                        "model recorded (tokenizer-fingerprint.json)")
     search.add_argument("--tokenizer",
                         help="a .keras model's tokenizer (default: the one recorded, or beside "
                         "the model)")

@@ -439,7 +439,11 @@ class WordPieceTokenizer(_PackedTokenizer):
             source = os.fspath(vocabulary)
             if not tf.io.gfile.exists(source):
                 raise FileNotFoundError(f"WordPiece vocabulary not found: {source}")
-            text = _read_bytes(source).decode("utf-8")
+            try:
+                text = _read_bytes(source).decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"WordPiece vocabulary {source} is not UTF-8 text (byte "
+                                 f"{error.start}); it is damaged or not a vocab.txt") from None
             tokens = [line.rstrip("\r") for line in text.split("\n")]
             if tokens and tokens[-1] == "":
                 tokens.pop()
@@ -556,11 +560,20 @@ def wordpiece_settings(directory: str | os.PathLike) -> dict[str, Any]:
     """
     directory = Path(directory)
     fast = directory / "tokenizer.json"
-    if fast.is_file():
-        return _settings_of_tokenizer_json(fast)
     config = directory / "tokenizer_config.json"
-    if not config.is_file():
+    file = fast if fast.is_file() else config
+    if not file.is_file():
         return {}
+    try:
+        return _settings_of_tokenizer_json(fast) if file == fast else \
+            _settings_of_tokenizer_config(config)
+    except (AttributeError, TypeError, KeyError) as error:  # e.g. a list where an object is
+        raise ValueError(f"{file}: not the layout of a transformers tokenizer file "
+                         f"({type(error).__name__}: {error}); it is damaged or of another "
+                         "kind") from None
+
+
+def _settings_of_tokenizer_config(config: Path) -> dict[str, Any]:
     data = _read_json_object(config)
     if data.get("tokenize_chinese_chars", True) is not True:
         raise ValueError(f"{config}: tokenize_chinese_chars=false is not supported by "
@@ -576,6 +589,8 @@ def _read_json_object(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror or error}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object")
     return data

@@ -72,7 +72,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON (a bare word, a path), or an int beyond Python's limit
             value = raw
         out[key.strip()] = value
     return out

@@ -11,9 +11,11 @@ checkpoints every ``steps_per_checkpoint`` steps
 last checkpoint, prints progress and logs loss, temperature and learning rate
 to TensorBoard in ``workdir/logs/train`` every ``log_every_steps`` global steps
 (``malign.training.progress``), and saves the final model as
-``workdir/model.keras``. With a held-out set, the retrieval evaluation runs every
-``eval_every_steps`` steps and once at the end (never twice at the same step),
-and its final report goes to ``workdir/eval``.
+``workdir/model.keras`` with a copy of its tokenizer (when the data is not random) and
+that file's SHA-256 (``tokenizer-fingerprint.json``, ``malign.text.fingerprint``), which
+``malign eval`` and ``malign export`` compare a tokenizer against. With a held-out set,
+the retrieval evaluation runs every ``eval_every_steps`` steps and once at the end (never
+twice at the same step), and its final report goes to ``workdir/eval``.
 
 A Keras "epoch" here is one checkpoint interval over a repeated dataset:
 Keras 3 restores at epoch boundaries only. A resumed run also restores its place
@@ -43,6 +45,7 @@ import keras
 
 from malign.config import ExperimentConfig
 from malign.models.align_model import AlignModel
+from malign.text.fingerprint import write_tokenizer_fingerprint
 from malign.training.checkpoints import StepCheckpoint, save_model_atomically, write_text_atomically
 from malign.training.inputs import dataset_factory, prepare_synthetic
 from malign.training.optimizers import make_optimizer
@@ -264,6 +267,8 @@ def fit_experiment(
             source = resolve_tokenizer_path(experiment.data.tokenizer)
             name = "vocab.txt" if source.suffix == ".txt" else "tokenizer.model"
             shutil.copyfile(source, workdir / name)
+            # What eval and export compare a tokenizer against (malign.text.fingerprint).
+            write_tokenizer_fingerprint(workdir / name, label)
         if evaluator is not None:
             report = _final_report(evaluator, model, int(model.optimizer.iterations.numpy()))
             from malign import evaluation

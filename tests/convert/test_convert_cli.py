@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +11,9 @@ import keras
 import numpy as np
 import pytest
 
+import malign
 from malign import cli
-from malign.evaluation.commands import find_tokenizer, load_tokenizer
+from malign.evaluation.commands import find_tokenizer, load_tokenizer, model_tokenizer_path
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "align_tiny"
 REFERENCE = np.load(FIXTURE / "reference.npz")
@@ -31,6 +33,13 @@ def test_cli_converts_and_eval_finds_the_tokenizer(tmp_path, capsys):
     assert "eval_resize=square (malign eval and export), the processor's crop" in printed
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):  # travel together
         assert (tmp_path / "align" / name).read_bytes() == (FIXTURE / name).read_bytes()
+    # The vocabulary's fingerprint: eval and export refuse any other tokenizer file.
+    sha256 = hashlib.sha256((FIXTURE / "vocab.txt").read_bytes()).hexdigest()
+    assert record["tokenizer"]["sha256"] == sha256
+    fingerprint = json.loads((tmp_path / "align" / "tokenizer-fingerprint.json").read_text())
+    assert fingerprint["sha256"] == sha256 and fingerprint["file"] == "vocab.txt"
+    with pytest.raises(ValueError, match="--force-tokenizer"):
+        model_tokenizer_path(str(out), str(malign.text.test_vocab_path()))
 
     model = keras.saving.load_model(out)
     images = REFERENCE["images_uint8"].astype(np.float32) / np.float32(255.0)
