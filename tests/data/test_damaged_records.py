@@ -245,3 +245,16 @@ def test_no_usable_record_ends_training_with_the_counts(tmp_path):
     assert result.stdout.startswith(f"ERROR malign.data: no usable record in a whole pass over "
                                     f"{path} (read 10 records; dropped 10: 10 undecodable image")
     assert result.stdout.rstrip().endswith(f"`malign data inspect --strict {path}`.")
+
+
+def test_search_reads_past_a_corrupt_record(shard, tmp_path):
+    from malign.search.sources import read_record_images
+
+    prefix, path = _copy(shard, tmp_path)
+    offset, length = _records(path)[2]
+    _flip(path, offset + 12 + length // 2)
+    notes: list[str] = []
+    ids = [i for chunk in read_record_images(prefix, chunk=4, notes=notes) for i, _ in chunk]
+    assert ids == [f"img{i}" for i in range(N) if i != 2]
+    assert notes == [f"record 2 of shard {path} (byte {offset}) is corrupt (its checksum "
+                     "fails): skipped"]
