@@ -565,7 +565,9 @@ def make_dataset(
     ds = ds.map(
         _graph(lambda e: _screen_element(e, lang_tensor, paths)),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
+        # In order, so that no record of a pass comes after its end marker (the screen only
+        # parses, so holding a fast element for a slow one costs little).
+        deterministic=True,
     )
     ds = ds.enumerate()
 

@@ -258,3 +258,27 @@ def test_search_reads_past_a_corrupt_record(shard, tmp_path):
     assert ids == [f"img{i}" for i in range(N) if i != 2]
     assert notes == [f"record 2 of shard {path} (byte {offset}) is corrupt (its checksum "
                      "fails): skipped"]
+
+
+def test_an_unscanned_remote_shard_counts_what_it_cannot_read(shard, tmp_path):
+    """A ``scheme://`` shard is not scanned (a read per header would be slow): it is read
+    whole, and the bytes after a damaged record are counted as lost, not skipped silently."""
+    _, path = _copy(shard, tmp_path)
+    offset, length = _records(path)[2]
+    _flip(path, offset + 12 + length // 2)
+    url = "file://" + path
+    split = read_eval_split(url, 24, 4, verbose=False)
+    assert split.image_ids == ["img0", "img1"]
+    lost = os.path.getsize(path) - offset
+    assert split.drop_reasons["shard bytes lost"] == lost
+    assert split.damage == [
+        f"shard {url} (byte {offset}): record framing lost, {lost} bytes unreadable"]
+
+
+def test_training_without_a_seed_passes_many_epochs(shard, tokenizer):
+    """The end-of-pass check never fires on a set with usable records, also with the
+    nondeterministic element order of an unseeded pipeline."""
+    counter = DropCounter()
+    ds = make_dataset(shard, tokenizer, 24, 4, counter=counter, shuffle_buffer=4)
+    assert len(list(ds.take(15))) == 15  # 60 examples: six passes over 10 records
+    assert counter.dropped == 0 and counter.as_dict()["records read"] >= 60
