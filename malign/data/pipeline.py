@@ -371,11 +371,14 @@ def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None,
         pass_end = tf.equal(reason, _PASS_END)
         # A pass that kept nothing would make every later pass keep nothing too: the
         # consumer would wait forever for its first batch.
-        check = tf.debugging.Assert(
-            tf.logical_not(pass_end & tf.equal(kept, 0)),
-            [tf.strings.join([_NO_USABLE, f" in a whole pass over {source} (",
-                              _counts_text(new_counts, lang_note), ")", remedy])],
-        )
+        def fail() -> tf.Tensor:
+            # Built only here: the message costs a dozen string ops.
+            message = tf.strings.join([_NO_USABLE, f" in a whole pass over {source} (",
+                                       _counts_text(new_counts, lang_note), ")", remedy])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+                return tf.constant(False)
+
+        check = tf.cond(pass_end & tf.equal(kept, 0), fail, lambda: tf.constant(True))
         with tf.control_dependencies([check]):
             kept = tf.where(pass_end, tf.zeros_like(kept), kept)
         if counter is not None:
