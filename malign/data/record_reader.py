@@ -35,8 +35,8 @@ import tensorflow as tf
 
 from malign.data.framing import RECORD_OVERHEAD, scan_shard
 
-#: Records read by one reader on the fast path; a damaged chunk is re-read record by record,
-#: holding at most this many records in memory.
+#: Records read by one reader on the fast path, handed on in one batch; a damaged chunk is
+#: re-read record by record. A chunk's records are held in memory together.
 CHUNK_RECORDS = 64
 #: ``damage`` values.
 INTACT, CORRUPT, LOST = 0, 1, 2
@@ -123,11 +123,13 @@ class RecordStream:
             path = files[file_index]
             file_i32 = tf.cast(file_index, tf.int32)
             # take(0) reads nothing (a lost tail), take(-1) reads to the end (unscanned).
-            fast = _reader(path, start).take(count).ignore_errors()
+            # Records go through in batches of up to CHUNK_RECORDS: the bookkeeping below
+            # runs once per batch, not once per record.
+            fast = _reader(path, start).take(count).ignore_errors().batch(CHUNK_RECORDS)
             ended = fast.map(lambda r: (r, tf.constant(False))).concatenate(
-                tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(True))))
+                tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), tf.constant(True))))
 
-            def one_element(record, damage, index, offset, lost):
+            def elements(record, damage, index, offset, lost):
                 return {"record": record, "damage": damage, "file": tf.fill(tf.shape(damage),
                         file_i32), "index": index, "offset": offset, "lost": lost}
 
@@ -146,34 +148,35 @@ class RecordStream:
                 batch = tf.data.Dataset.range(done, count).map(read_one).batch(
                     CHUNK_RECORDS).get_single_element()
                 record, damage, index, offset = batch
-                return one_element(record, damage, index, offset, tf.zeros_like(index))
+                return elements(record, damage, index, offset, tf.zeros_like(index))
 
             def tail(done: tf.Tensor, consumed: tf.Tensor):
                 """A LOST marker when the reader stopped short of the row's end, else none."""
                 unread = end - start - consumed
                 n = tf.cast(unread > 0, tf.int32)
-                return one_element(
+                return elements(
                     tf.fill([n], ""), tf.fill([n], LOST), tf.fill([n], first + done),
                     tf.fill([n], start + consumed), tf.fill([n], unread))
 
             def step(state, element):
                 done, consumed = state[0], state[1]
-                record, is_end = element
+                records, is_end = element
+                framed = RECORD_OVERHEAD + tf.cast(
+                    tf.strings.length(records, unit="BYTE"), tf.int64)
+                n = tf.size(records, out_type=tf.int64)
 
                 def passed():
-                    return one_element(record[None], tf.constant([INTACT]),
-                                       (first + done)[None], (start + consumed)[None],
-                                       tf.zeros([1], tf.int64))
+                    return elements(
+                        records, tf.fill(tf.shape(records), INTACT),
+                        first + done + tf.range(n), start + consumed
+                        + tf.cumsum(framed, exclusive=True), tf.zeros([n], tf.int64))
 
                 def finish():
                     return tf.cond((count > 0) & (done < count), lambda: reread(done),
                                    lambda: tail(done, consumed))
 
                 out = tf.cond(is_end, finish, passed)
-                size = tf.strings.length(record, unit="BYTE")
-                new_state = tf.stack([done + 1, consumed + RECORD_OVERHEAD
-                                      + tf.cast(size, tf.int64)])
-                return new_state, out
+                return tf.stack([done + n, consumed + tf.reduce_sum(framed)]), out
 
             return ended.scan(tf.zeros([2], tf.int64), _graph(step)).unbatch()
 
