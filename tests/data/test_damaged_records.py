@@ -282,3 +282,16 @@ def test_training_without_a_seed_passes_many_epochs(shard, tokenizer):
     ds = make_dataset(shard, tokenizer, 24, 4, counter=counter, shuffle_buffer=4)
     assert len(list(ds.take(15))) == 15  # 60 examples: six passes over 10 records
     assert counter.dropped == 0 and counter.as_dict()["records read"] >= 60
+
+
+def test_caption_files_skip_a_corrupt_record_and_say_so(shard, tmp_path, capsys):
+    from malign.data.captions import write_caption_files
+
+    prefix, path = _copy(shard, tmp_path)
+    offset, length = _records(path)[2]
+    _flip(path, offset + 12 + length // 2)
+    written = write_caption_files(prefix, tmp_path / "corpus")
+    lines = Path(written["en"][0]).read_text().splitlines()
+    assert lines == [f"item {i}" for i in range(N) if i != 2]
+    assert (f"shard {path} at byte {offset}: record 2 is corrupt (its checksum fails); skipped"
+            in capsys.readouterr().err)
