@@ -4,9 +4,11 @@
 the rest of the file is skipped without a word). :func:`record_stream` reads each local
 shard by the record offsets of :func:`malign.data.framing.scan_shard` instead: the records
 of a chunk of :data:`CHUNK_RECORDS` are read with one TensorFlow reader from the chunk's
-first offset (the fast path, the same reader and checksum checks as ``TFRecordDataset``), and
-only when a chunk ends early is the rest of that chunk read record by record, so a record
-whose data checksum fails is replaced by a marker and the next one is read. Where the framing
+first offset (the fast path: the op behind ``TFRecordDataset``, with its ``byte_offsets``
+input, and the same checksum checks) and handed on as one batch, so the bookkeeping runs once
+per chunk; only when a chunk ends early is the rest of that chunk read record by record, so a
+record whose data checksum fails is replaced by a marker and the next one is read. On intact
+shards this reads within 5% of ``TFRecordDataset`` (``benchmarks/RESULTS.md``). Where the framing
 itself is lost (a length checksum that fails, a file cut short) one marker says how many
 bytes at the end of the shard cannot be read. Remote shards (``gs://...``) are not scanned
 (a read per record header would be slow): they are read whole, and if the reader stops
@@ -42,16 +44,6 @@ CHUNK_RECORDS = 64
 INTACT, CORRUPT, LOST = 0, 1, 2
 _READ_BUFFER = 256 * 1024
 _graph = tf.autograph.experimental.do_not_convert
-
-ELEMENT_SPEC = {
-    "record": tf.TensorSpec([], tf.string),
-    "damage": tf.TensorSpec([], tf.int32),
-    "file": tf.TensorSpec([], tf.int32),
-    "index": tf.TensorSpec([], tf.int64),
-    "offset": tf.TensorSpec([], tf.int64),
-    "lost": tf.TensorSpec([], tf.int64),
-}
-
 
 def marker(damage: int, file: int = -1, index: int = -1, offset: int = -1,
            lost: int = 0) -> dict[str, tf.Tensor]:
@@ -108,7 +100,14 @@ class RecordStream:
         self.problems = problems
 
     def file_dataset(self, file: tf.Tensor | int) -> tf.data.Dataset:
-        """The elements of shard ``file`` (an index into ``files``), in file order."""
+        """The elements of one shard, in file order (usable inside ``flat_map``/``interleave``).
+
+        Args:
+            file: the shard's index into ``files`` (int or int64 scalar tensor).
+
+        Returns:
+            A dataset of the dicts described in the module docstring.
+        """
         files = tf.constant(self.files, tf.string)
         rows = tf.constant(self.rows, tf.int64)
         offsets = tf.constant(self.offsets, tf.int64)
