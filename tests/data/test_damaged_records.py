@@ -295,3 +295,34 @@ def test_caption_files_skip_a_corrupt_record_and_say_so(shard, tmp_path, capsys)
     assert lines == [f"item {i}" for i in range(N) if i != 2]
     assert (f"shard {path} at byte {offset}: record 2 is corrupt (its checksum fails); skipped"
             in capsys.readouterr().err)
+
+
+def test_corrupt_records_in_several_shards_and_input_pipelines(numbered_records, tokenizer,
+                                                              tmp_path):
+    """24 records in 4 shards read by two input pipelines; one bad record in each of two
+    shards: 22 captions in all, each pipeline counts its own."""
+    import glob
+
+    import tensorflow as tf
+
+    files = sorted(glob.glob(numbered_records[4] + "-*"))
+    copies = []
+    for path in files:
+        shutil.copy(path, tmp_path)
+        copies.append(str(tmp_path / Path(path).name))
+    for path, record in ((copies[0], 0), (copies[3], 5)):
+        offset, length = _records(path)[record]
+        _flip(path, offset + 12 + length // 2)
+    pattern = str(tmp_path / "items4-*")
+    seen, crc = [], 0
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
+                                             num_replicas_in_sync=2)
+        counter = DropCounter()
+        ds = make_dataset(pattern, tokenizer, 24, 2, input_context=context, repeat=False,
+                          languages=["en"], seed=0, counter=counter)
+        seen += _caption_numbers(tokenizer, ds)
+        crc += counter.as_dict()["corrupt record (CRC)"]
+    # Shard k holds records k, k + 4, ...: the bad ones are 0 (shard 0) and 23 (shard 3).
+    assert sorted(seen) == [i for i in range(24) if i not in (0, 23)]
+    assert crc == 2
