@@ -235,3 +235,24 @@ def test_print_config_refuses_what_training_refuses(tmp_path, capsys, settings, 
         errors.append(err)
     assert errors[0] == errors[1]
     assert not (tmp_path / "run").exists()
+
+
+def test_records_without_a_usable_example_end_the_run_with_the_counts(tmp_path):
+    """Every image undecodable: `malign train` exits 2 naming the drop counts instead of
+    waiting forever for its first batch (the timeout turns a hang into a failure)."""
+    from malign.data.schema import ImageTextExample
+    from malign.data.writer import RecordWriter
+
+    prefix = str(tmp_path / "unusable")
+    with RecordWriter(prefix, 2) as writer:
+        for i in range(10):
+            writer.write(ImageTextExample(f"img{i}", b"not an image", "png", [f"item {i}"],
+                                          ["en"]))
+    result = _malign(["train", *SMOKE, "--set", "training.steps=2",
+                      "--set", f"data.train_pattern={prefix}", "--set", "data.tokenizer=test",
+                      "--workdir", str(tmp_path / "run")], timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"malign train: error: malign.data: no usable record in a whole pass over {prefix} "
+            "(read 10 records; dropped 10: 10 undecodable image, 0 no usable caption"
+            in result.stderr), result.stderr[-3000:]
+    assert f"`malign data inspect --strict {prefix}`." in result.stderr

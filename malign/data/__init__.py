@@ -9,7 +9,11 @@
   Python and as graph ops; the pixel limit :data:`DEFAULT_MAX_IMAGE_PIXELS`.
 - :mod:`malign.data.preprocess`: decode (upright, any PNG mode to 8-bit RGB) and ALIGN crops,
   pure TF ops.
-- :mod:`malign.data.pipeline`: :func:`make_dataset` and :func:`read_eval_split`.
+- :mod:`malign.data.pipeline`: :func:`make_dataset` and :func:`read_eval_split`; drops are
+  counted by reason (:class:`DropCounter`), a source without a usable record raises
+  :class:`NoUsableRecordsError`.
+- :mod:`malign.data.framing` and :mod:`malign.data.record_reader`: shards read by record
+  offsets, so a record whose checksum fails costs only itself (and is counted).
 
 ``malign data build|multi30k|synthetic|inspect`` are the command-line front ends.
 
@@ -30,6 +34,7 @@ from malign.data.pipeline import (
     DROP_REASONS,
     DropCounter,
     EvalSplit,
+    NoUsableRecordsError,
     check_shard,
     list_files,
     make_dataset,
@@ -67,6 +72,7 @@ __all__ = [
     "DropCounter",
     "EvalSplit",
     "ImageTextExample",
+    "NoUsableRecordsError",
     "RecordWriter",
     "WriteStats",
     "apply_orientation",

@@ -8,12 +8,13 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 
-from malign.data import schema
+from malign.data import record_reader, schema
 from malign.data.pipeline import list_files
 
 __all__ = ["write_caption_files"]
@@ -25,7 +26,9 @@ def write_caption_files(file_pattern: str, prefix: str | os.PathLike,
 
     A caption is usable when it is non-empty after stripping and valid UTF-8 (as the input
     pipeline decides); line breaks inside a caption become spaces so that each line is one
-    caption. Each file is written to a temporary name and renamed when complete.
+    caption. Each file is written to a temporary name and renamed when complete. A record
+    whose checksum fails, or a shard tail whose framing is lost, is skipped with a line on
+    stderr naming the shard and the byte offset; the records after a bad record are read.
 
     Args:
         file_pattern: shard glob or prefix.
@@ -42,8 +45,17 @@ def write_caption_files(file_pattern: str, prefix: str | os.PathLike,
     files = list_files(file_pattern)
     wanted = set(languages) if languages else None
     lines: dict[str, list[str]] = {}
-    for serialized in tf.data.TFRecordDataset(files):
-        example = schema.parse_record(serialized)
+    stream = record_reader.record_stream(files)
+    for element in tf.data.Dataset.range(len(files)).flat_map(stream.file_dataset):
+        if int(element["damage"]) != record_reader.INTACT:
+            path, offset = files[int(element["file"])], int(element["offset"])
+            what = (f"record {int(element['index'])} is corrupt (its checksum fails)"
+                    if int(element["damage"]) == record_reader.CORRUPT else
+                    f"{int(element['lost'])} bytes are unreadable (record framing lost)")
+            print(f"malign data captions: shard {path} at byte {offset}: {what}; skipped",
+                  file=sys.stderr)
+            continue
+        example = schema.parse_record(element["record"])
         texts = example[schema.CAPTION_TEXT].numpy()
         langs = example[schema.CAPTION_LANG].numpy()
         for raw, lang in zip(texts, langs):

@@ -120,7 +120,7 @@ def _captions(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from malign.data.pipeline import check_shard, list_files, read_eval_split
+    from malign.data.pipeline import NoUsableRecordsError, check_shard, list_files, read_eval_split
 
     files = list_files(args.pattern)
     damaged = 0
@@ -131,12 +131,19 @@ def _inspect(args: argparse.Namespace) -> int:
         if problem:
             damaged += 1
             print(f"damaged shard {path}: {problem} (after {records} records)")
-    print(f"{len(files)} shard files, {damaged} damaged")
-    split = read_eval_split(
-        args.pattern, image_size=args.image_size, batch_size=64,
-        languages=_languages(args.languages), verbose=False,
-        max_image_pixels=args.max_image_pixels,
-    )
+    print(f"{len(files)} shard files, {damaged} with lost framing")
+    try:
+        split = read_eval_split(
+            args.pattern, image_size=args.image_size, batch_size=64,
+            languages=_languages(args.languages), verbose=False,
+            max_image_pixels=args.max_image_pixels,
+        )
+    except NoUsableRecordsError as error:
+        print(error)
+        return 1
+    # Every record was read by TensorFlow's reader, which checks both checksums of each.
+    for line in split.damage:
+        print(f"damaged: {line}")
     print(split.summary())
     shown = 0
     for j, (text, lang) in enumerate(zip(split.captions, split.caption_langs)):
@@ -144,7 +151,8 @@ def _inspect(args: argparse.Namespace) -> int:
             break
         print(f"  {split.image_ids[split.text_to_image[j]]} [{lang}] {text}")
         shown += 1
-    return 1 if (split.dropped or damaged) and args.strict else 0
+    bad = split.dropped or damaged or split.damage
+    return 1 if bad and args.strict else 0
 
 
 def _add_write_options(parser: argparse.ArgumentParser) -> None:
@@ -317,7 +325,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     inspect = commands.add_parser(
         "inspect",
         help="count records, captions per language and bad records of shards",
-        description="Read shards once (decoding every image) and report what is in them.",
+        description="Read shards once (checking both checksums of every record and decoding "
+                    "every image) and report what is in them: each record whose checksum "
+                    "fails (shard, record index, byte offset), each shard whose record "
+                    "framing is lost (and the bytes lost), and the records dropped by "
+                    "reason. A record set without a usable record exits with status 1.",
     )
     inspect.add_argument("pattern", help="shard glob or prefix")
     inspect.add_argument("--languages", default=None)
@@ -326,5 +338,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     _add_max_pixels(inspect, "count records whose image has more pixels (from the header) "
                     "as 'image too large', as training and evaluation drop them")
     inspect.add_argument("--strict", action="store_true",
-                         help="exit with status 1 when a record is dropped or a shard damaged")
+                         help="exit with status 1 when a record is dropped or damaged, or a "
+                         "shard's framing is lost")
     inspect.set_defaults(func=_inspect)

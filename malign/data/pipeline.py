@@ -15,9 +15,21 @@ whose header says it has more than ``max_image_pixels`` pixels ("image too large
 :data:`malign.data.image_header.DEFAULT_MAX_IMAGE_PIXELS`), before anything is decoded
 (``malign data build`` stores nothing over the same limit). Each drop is
 counted and logged to stderr with the running totals (every drop up to 10, then at powers of
-two); pass a :class:`DropCounter` to read the totals from Python. A damaged shard file (cut
-short by an interrupted copy) is read up to the damage: local shards are checked when the
-pipeline is built and a line names each damaged one (``malign data inspect`` reports them too).
+two); pass a :class:`DropCounter` to read the totals from Python.
+
+Damaged shards cost only what is damaged (:mod:`malign.data.record_reader`): a record whose
+checksum fails (a flipped bit, a bad disk block) is dropped and counted ("corrupt record
+(CRC)", with its shard, index and byte offset in the log) and the next record of the same
+shard is read. Where a shard's framing is lost (a record length whose checksum fails, a file
+cut short by an interrupted copy) the records before it are used and the bytes after it are
+counted as "shard bytes lost"; local shards are scanned when the pipeline is built and a line
+names each such shard (``malign data inspect`` reports them too).
+
+A data source without a single usable record is an error, not a wait: when a whole pass over
+the records (an epoch of the pipeline) yields nothing, iterating raises
+``tf.errors.InvalidArgumentError`` with the counts by reason (``malign train`` turns it into
+:class:`NoUsableRecordsError`), and :func:`read_eval_split` raises
+:class:`NoUsableRecordsError`.
 
 Example:
     >>> import malign
@@ -39,7 +51,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from malign.data import schema
+from malign.data import record_reader, schema
+from malign.data.framing import scan_shard
 from malign.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, image_pixels_tf
 from malign.data.preprocess import (
     DEFAULT_EVAL_RESIZE,
@@ -48,16 +61,24 @@ from malign.data.preprocess import (
     decode_image,
     image_bytes_ok,
 )
+from malign.data.record_reader import RecordStream, record_stream
 from malign.data.teacher_inputs import TeacherInputs, crop_pair, teacher_caption
 
 #: Records held for shuffling; memory is about this times the mean encoded image size.
 DEFAULT_SHUFFLE_BUFFER = 4096
-#: Why a record is dropped, in the order of :class:`DropCounter` slots 1..4.
+#: Why a record is dropped, in the order of :class:`DropCounter` slots 1..5.
 DROP_REASONS = ("undecodable image", "no usable caption", "no caption in languages",
-                "image too large")
-_OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE, _TOO_LARGE = 0, 1, 2, 3, 4
-# Count slots: records read, the drop reasons, captions ignored inside kept records.
-_SLOTS = ("records read",) + DROP_REASONS + ("captions ignored",)
+                "image too large", "corrupt record (CRC)")
+_OK, _BAD_IMAGE, _NO_CAPTION, _NO_LANGUAGE, _TOO_LARGE, _CRC = 0, 1, 2, 3, 4, 5
+# Stream elements that are not records: an unreadable shard tail, the end of a pass.
+_LOST, _PASS_END = 6, 7
+# The ``damage`` code of the marker that ends a pass (the reader's codes are 0..2).
+_PASS_END_DAMAGE = 3
+# Count slots: records read, the drop reasons, captions ignored inside kept records, bytes of
+# shards whose framing is lost.
+_SLOTS = ("records read",) + DROP_REASONS + ("captions ignored", "shard bytes lost")
+# The start of the error a pass without a usable record raises (see NoUsableRecordsError).
+_NO_USABLE = "malign.data: no usable record"
 # The dataset functions below use explicit tf.cond/tf.case: AutoGraph has nothing to convert
 # (and cannot parse some of the lambdas), so it is switched off for them.
 _graph = tf.autograph.experimental.do_not_convert
@@ -94,16 +115,49 @@ class DropCounter:
         return sum(counts[r] for r in DROP_REASONS)
 
     def summary(self) -> str:
-        """One line: records read, dropped by reason, captions ignored."""
-        c = self.as_dict()
-        reasons = ", ".join(f"{c[r]} {r}" for r in DROP_REASONS)
-        return (
-            f"read {c['records read']} records; dropped {self.dropped}: {reasons}; "
-            f"{c['captions ignored']} empty or invalid captions ignored"
-        )
+        """One line: records read, dropped by reason, captions ignored, shard bytes lost."""
+        return _summary(self.as_dict())
 
     def __repr__(self) -> str:
         return f"DropCounter({self.summary()})"
+
+
+def _summary(counts: dict[str, int]) -> str:
+    reasons = ", ".join(f"{counts.get(r, 0)} {r}" for r in DROP_REASONS)
+    dropped = sum(counts.get(r, 0) for r in DROP_REASONS)
+    return (
+        f"read {counts.get('records read', 0)} records; dropped {dropped}: {reasons}; "
+        f"{counts.get('captions ignored', 0)} empty or invalid captions ignored; "
+        f"{counts.get('shard bytes lost', 0)} shard bytes lost"
+    )
+
+
+class NoUsableRecordsError(ValueError):
+    """A data source yielded no usable record in a whole pass; the message gives the counts.
+
+    Args:
+        message: what was read and dropped, and the remedy.
+        counts: the totals (the keys of :meth:`DropCounter.as_dict`), when known.
+    """
+
+    def __init__(self, message: str, counts: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.counts = counts or {}
+
+    @classmethod
+    def from_op_error(cls, error: BaseException) -> NoUsableRecordsError | None:
+        """The error a pipeline raised for a pass without a usable record, as this class
+        (None for any other error).
+
+        Args:
+            error: an exception from iterating a :func:`make_dataset` pipeline.
+        """
+        text = str(getattr(error, "message", "") or error)
+        start = text.find(_NO_USABLE)
+        if start < 0:
+            return None
+        end = text.find("`.", start)
+        return cls(text[start:] if end < 0 else text[start:end + 2])
 
 
 def list_files(file_pattern: str | Sequence[str]) -> list[str]:
@@ -135,60 +189,70 @@ def list_files(file_pattern: str | Sequence[str]) -> list[str]:
 
 
 def check_shard(path: str) -> tuple[int, str | None]:
-    """Walks the record headers of a local TFRecord file without reading the records.
+    """Walks the record headers of a local TFRecord file and checks their length checksums.
 
-    TFRecord files are ``[length: u64][crc: u32][data][crc: u32]`` repeated; a file cut short
-    (an interrupted copy) does not end on a record boundary. This reads 12 bytes per record,
-    so it is fast for local files; it does not verify the checksums.
+    TFRecord files are ``[length: u64][crc: u32][data][crc: u32]`` repeated. This reads 12
+    bytes per record (:func:`malign.data.framing.scan_shard`), so it is fast for local files;
+    the data checksums are checked when records are read (the input pipeline, ``malign data
+    inspect``).
 
     Args:
         path: a local TFRecord file.
 
     Returns:
-        ``(records, problem)``: the number of complete records and None, or the number of
-        complete records before the damage and a description of it.
+        ``(records, problem)``: the number of framed records and None, or the number of
+        records before the framing is lost (a length checksum that fails, a file cut short)
+        and a description of it with the unreadable byte count.
 
     Example:
         >>> check_shard("records/train-00000-of-00008.tfrecord")  # doctest: +SKIP
         (512, None)
     """
-    import os
-    import struct
-
-    size = os.path.getsize(path)
-    records = offset = 0
-    with open(path, "rb") as handle:
-        while offset < size:
-            header = handle.read(12)
-            if len(header) < 12:
-                return records, f"truncated record header at byte {offset} of {size}"
-            (length,) = struct.unpack("<Q", header[:8])
-            end = offset + 12 + length + 4
-            if end > size:
-                return records, f"truncated record at byte {offset} of {size}"
-            handle.seek(end)
-            offset = end
-            records += 1
-    return records, None
+    framing = scan_shard(path)
+    return framing.records, framing.problem
 
 
-def _warn_damaged_shards(files: list[str]) -> None:
-    """Prints one line per damaged local shard; their readable records are still used."""
-    for path in files:
-        if "://" in path:
-            continue  # remote file systems: a seek per record would be slow
-        records, problem = check_shard(path)
+def _warn_damaged_shards(stream: RecordStream) -> None:
+    """Prints one line per local shard whose framing is lost; the records before the damage
+    are still used, and the pipeline counts the lost bytes when it reaches them."""
+    for path, problem in zip(stream.files, stream.problems):
         if problem:
             print(
-                f"malign.data: shard {path} is damaged ({problem}); its first {records} "
-                "records are used, the rest is skipped",
+                f"malign.data: shard {path} is damaged ({problem}); the records before the "
+                "damage are used, the rest is counted as shard bytes lost",
                 file=sys.stderr,
             )
 
 
-def _read_file(path: tf.Tensor) -> tf.data.Dataset:
-    # A damaged file ends at the damage instead of stopping the run (see check_shard).
-    return tf.data.TFRecordDataset(path).ignore_errors()
+def _screen_element(element: dict[str, tf.Tensor], languages: tf.Tensor | None,
+                    paths: tf.Tensor) -> dict[str, tf.Tensor]:
+    """:func:`_screen` for a stream element: markers get their reason without parsing."""
+    damage = element["damage"]
+    item = _screen(element["record"], languages)
+    item["reason"] = tf.case(
+        [
+            (tf.equal(damage, record_reader.CORRUPT), lambda: tf.constant(_CRC)),
+            (tf.equal(damage, record_reader.LOST), lambda: tf.constant(_LOST)),
+            (tf.equal(damage, _PASS_END_DAMAGE), lambda: tf.constant(_PASS_END)),
+        ],
+        default=lambda: item["reason"],
+    )
+    intact = tf.equal(damage, record_reader.INTACT)
+    item["ignored"] = tf.where(intact, item["ignored"], tf.zeros_like(item["ignored"]))
+    item["where"] = tf.cond(intact, lambda: tf.constant(""), lambda: _where(element, paths))
+    item["lost"] = element["lost"]
+    return item
+
+
+def _where(element: dict[str, tf.Tensor], paths: tf.Tensor) -> tf.Tensor:
+    """Names the place of a marker: "record 3 of shard PATH (byte 1234)" / "shard PATH"."""
+    return tf.strings.join([
+        tf.where(tf.equal(element["damage"], record_reader.CORRUPT),
+                 tf.strings.join(["record ", tf.strings.as_string(element["index"]), " of "]),
+                 ""),
+        "shard ", tf.gather(paths, tf.maximum(element["file"], 0)),
+        " (byte ", tf.strings.as_string(element["offset"]), ")",
+    ])
 
 
 def _screen(serialized: tf.Tensor, languages: tf.Tensor | None) -> dict[str, tf.Tensor]:
@@ -238,71 +302,101 @@ def _should_log(n: tf.Tensor) -> tf.Tensor:
     return (n <= 10) | (tf.bitwise.bitwise_and(n, n - 1) == 0)
 
 
-def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None) -> Callable:
+def _counts_text(counts: tf.Tensor, lang_note: str) -> tf.Tensor:
+    """The totals in the words of :meth:`DropCounter.summary`, as a graph string."""
+    drops = tf.reduce_sum(counts[1:len(DROP_REASONS) + 1])
+    parts: list = []
+    for i, name in enumerate(DROP_REASONS, start=1):
+        note = lang_note if name == "no caption in languages" else ""
+        parts += [", " if parts else "", tf.strings.as_string(counts[i]), f" {name}{note}"]
+    return tf.strings.join([
+        "read ", tf.strings.as_string(counts[0]), " records; dropped ",
+        tf.strings.as_string(drops), ": ", *parts, "; ",
+        tf.strings.as_string(counts[_SLOTS.index("captions ignored")]),
+        " empty or invalid captions ignored; ",
+        tf.strings.as_string(counts[_SLOTS.index("shard bytes lost")]), " shard bytes lost",
+    ])
+
+
+def _count_and_log(counter: DropCounter | None, languages: Sequence[str] | None,
+                   source: str) -> Callable:
     """A ``Dataset.scan`` function that counts drops (incl. elements removed by
-    ``ignore_errors``, seen as gaps in the enumeration) and logs them."""
+    ``ignore_errors``, seen as gaps in the enumeration), logs them, and raises at the end of
+    a pass that kept no record.
+
+    State: the counts (``_SLOTS``), the next expected index, records kept in this pass.
+    """
     lang_note = f" {list(languages)}" if languages else ""
+    remedy = (f"; nothing to train or evaluate on. Check the shards with "
+              f"`malign data inspect --strict {source}`.")
 
     def step(state, element):
         index, item = element
-        counts, next_index = state[:-1], state[-1]
+        counts, next_index, kept = state[:len(_SLOTS)], state[-2], state[-1]
         failed = index - next_index  # records that raised while decoding
         reason = item["reason"]
+        is_record = tf.cast(reason < _LOST, tf.int64)
         delta = tf.stack(
-            [failed + 1, failed + tf.cast(tf.equal(reason, _BAD_IMAGE), tf.int64)]
+            [failed + is_record, failed + tf.cast(tf.equal(reason, _BAD_IMAGE), tf.int64)]
             + [tf.cast(tf.equal(reason, r), tf.int64) for r in range(2, len(DROP_REASONS) + 1)]
-            + [item["ignored"]]
+            + [item["ignored"], item["lost"]]
         )
         new_counts = counts + delta
         drops = slice(1, len(DROP_REASONS) + 1)
         before, after = tf.reduce_sum(counts[drops]), tf.reduce_sum(new_counts[drops])
 
         def log() -> tf.Tensor:
-            what = tf.cond(
-                failed > 0,
-                lambda: tf.strings.join(
-                    [tf.strings.as_string(failed), " record(s) failed to decode"]
-                ),
-                lambda: tf.strings.join(
-                    [
-                        "dropped record '",
-                        item["id"],
-                        "' (",
-                        tf.gather(tf.constant(("",) + DROP_REASONS), reason),
-                        ")",
-                    ]
-                ),
-            )
-            parts = []
-            for i, name in enumerate(DROP_REASONS, start=1):
-                note = lang_note if name == "no caption in languages" else ""
-                parts += [", " if parts else "", tf.strings.as_string(new_counts[i]),
-                          f" {name}{note}"]
-            message = tf.strings.join(
+            reason_name = tf.gather(tf.constant(("",) + DROP_REASONS), tf.minimum(reason, _CRC))
+            what = tf.case(
                 [
-                    "malign.data: ", what, " | so far: read ",
-                    tf.strings.as_string(new_counts[0]), " records, dropped ",
-                    tf.strings.as_string(after), " (", *parts, ")",
-                ]
+                    (failed > 0, lambda: tf.strings.join(
+                        [tf.strings.as_string(failed), " record(s) failed to decode"])),
+                    (tf.equal(reason, _LOST), lambda: tf.strings.join(
+                        [item["where"], ": record framing lost, ",
+                         tf.strings.as_string(item["lost"]), " bytes unreadable"])),
+                    (tf.equal(reason, _CRC), lambda: tf.strings.join(
+                        ["dropped ", item["where"], " (", reason_name, ")"])),
+                ],
+                default=lambda: tf.strings.join(
+                    ["dropped record '", item["id"], "' (", reason_name, ")"]),
             )
-            tf.print(message, output_stream=sys.stderr)
+            tf.print(tf.strings.join(["malign.data: ", what, " | so far: ",
+                                      _counts_text(new_counts, lang_note)]),
+                     output_stream=sys.stderr)
             return tf.constant(True)
 
-        tf.cond((after > before) & _should_log(after), log, lambda: tf.constant(False))
+        tf.cond(((after > before) & _should_log(after)) | tf.equal(reason, _LOST), log,
+                lambda: tf.constant(False))
+        kept = kept + tf.cast(tf.equal(reason, _OK), tf.int64)
+        pass_end = tf.equal(reason, _PASS_END)
+        # A pass that kept nothing would make every later pass keep nothing too: the
+        # consumer would wait forever for its first batch.
+        def fail() -> tf.Tensor:
+            # Built only here: the message costs a dozen string ops.
+            message = tf.strings.join([_NO_USABLE, f" in a whole pass over {source} (",
+                                       _counts_text(new_counts, lang_note), ")", remedy])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+                return tf.constant(False)
+
+        check = tf.cond(pass_end & tf.equal(kept, 0), fail, lambda: tf.constant(True))
+        with tf.control_dependencies([check]):
+            kept = tf.where(pass_end, tf.zeros_like(kept), kept)
         if counter is not None:
             counter.counts.assign_add(delta)
-        new_state = tf.concat([new_counts, tf.reshape(index + 1, [1])], axis=0)
+        new_state = tf.concat([new_counts, tf.reshape(index + 1, [1]), tf.reshape(kept, [1])],
+                              axis=0)
         return new_state, (item, tf.equal(reason, _OK))
 
     return step
 
 
-def _read_files_in_order(files: list[str]) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(files).flat_map(_graph(_read_file))
+def _read_files_in_order(stream: RecordStream) -> tf.data.Dataset:
+    files = tf.data.Dataset.range(len(stream.files))
+    return files.flat_map(_graph(stream.file_dataset))
 
 
 def _record_stream(
-    files: list[str],
+    stream: RecordStream,
     training: bool,
     input_context: tf.distribute.InputContext | None,
     seed: int | None,
@@ -310,24 +404,33 @@ def _record_stream(
 ) -> tf.data.Dataset:
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    if num_pipelines > 1 and len(files) >= num_pipelines:
-        files = files[pipeline_id::num_pipelines]
+    indices = list(range(len(stream.files)))
+    if num_pipelines > 1 and len(indices) >= num_pipelines:
+        indices = indices[pipeline_id::num_pipelines]
     elif num_pipelines > 1:
         # Fewer files than pipelines: every pipeline reads all files in the same order and
         # keeps every num_pipelines-th record, so the pipelines see disjoint records.
-        return _read_files_in_order(files).shard(num_pipelines, pipeline_id)
+        return _read_files_in_order(stream).shard(num_pipelines, pipeline_id)
     if not training:
         # Evaluation reads the files one after the other: elements come in record order.
-        return _read_files_in_order(files)
-    file_ds = tf.data.Dataset.from_tensor_slices(files)
-    file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        return tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64)).flat_map(
+            _graph(stream.file_dataset))
+    file_ds = tf.data.Dataset.from_tensor_slices(tf.constant(indices, tf.int64))
+    file_ds = file_ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
     return file_ds.interleave(
-        _graph(_read_file),
-        cycle_length=min(len(files), 16),
+        _graph(stream.file_dataset),
+        cycle_length=min(len(indices), 16),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+
+
+def _source(file_pattern: str | Sequence[str]) -> str:
+    """The pattern(s) as a user typed them, for messages."""
+    if isinstance(file_pattern, str):
+        return file_pattern
+    return " ".join(str(p) for p in file_pattern)
 
 
 def _check_max_pixels(max_image_pixels: int | None) -> None:
@@ -406,7 +509,16 @@ def make_dataset(
             ``teacher_image_embeddings`` and ``teacher_text_embeddings``.
 
     Returns:
-        A ``tf.data.Dataset`` of dicts as described.
+        A ``tf.data.Dataset`` of dicts as described. Iterating it raises
+        ``tf.errors.InvalidArgumentError`` (message starting "malign.data: no usable record",
+        with the counts by reason; :meth:`NoUsableRecordsError.from_op_error` reads it) when
+        a whole pass over the records kept none, instead of waiting forever.
+
+    Raises:
+        FileNotFoundError: no file matches ``file_pattern``.
+        ValueError: a size, ``eval_resize`` or ``max_image_pixels`` is invalid, or
+            ``teacher`` is given for evaluation.
+        OSError: a local shard cannot be read (its framing is scanned here).
 
     Example:
         >>> import malign
@@ -423,7 +535,8 @@ def make_dataset(
     if teacher is not None and not training:
         raise ValueError("teacher inputs are for training batches (training=True)")
     files = list_files(file_pattern)
-    _warn_damaged_shards(files)
+    stream = record_stream(files)
+    _warn_damaged_shards(stream)
     if image_size < 1 or global_batch_size < 1:
         raise ValueError(
             f"image_size and global_batch_size must be positive, got {image_size}, "
@@ -442,17 +555,22 @@ def make_dataset(
     shuffle_seed = None if seed is None else base_seed
     lang_tensor = tf.constant(list(languages), tf.string) if languages else None
 
-    ds = _record_stream(files, training, input_context, shuffle_seed, deterministic)
+    ds = _record_stream(stream, training, input_context, shuffle_seed, deterministic)
     if training and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    # Each pass ends with a marker: a pass that kept no record raises (see _count_and_log).
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(record_reader.marker(_PASS_END_DAMAGE)))
     # Repeat after shuffling: epochs stay apart, so each image comes once per epoch (and a
     # small dataset does not fill the buffer with many copies of itself).
     if repeat:
         ds = ds.repeat()
+    paths = tf.constant(stream.files, tf.string)
     ds = ds.map(
-        _graph(lambda r: _screen(r, lang_tensor)),
+        _graph(lambda e: _screen_element(e, lang_tensor, paths)),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
+        # In order, so that no record of a pass comes after its end marker (the screen only
+        # parses, so holding a fast element for a slow one costs little).
+        deterministic=True,
     )
     ds = ds.enumerate()
 
@@ -469,6 +587,8 @@ def make_dataset(
             "id": item["id"],
             "reason": reason,
             "ignored": tf.where(ok, item["ignored"], tf.zeros_like(item["ignored"])),
+            "where": item["where"],
+            "lost": item["lost"],
         }
         if teacher is None:
             out["image"] = tf.cond(ok, lambda: crop_at(image_size),
@@ -497,8 +617,8 @@ def make_dataset(
     # Ordered, so that records removed by ignore_errors show up as gaps in the enumeration.
     ds = ds.map(_graph(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()
-    initial = tf.zeros([len(_SLOTS) + 1], tf.int64)
-    ds = ds.scan(initial, _graph(_count_and_log(counter, languages)))
+    initial = tf.zeros([len(_SLOTS) + 2], tf.int64)
+    ds = ds.scan(initial, _graph(_count_and_log(counter, languages, _source(file_pattern))))
     ds = ds.filter(_graph(lambda item, keep: keep))
     if training:
 
@@ -557,8 +677,10 @@ class EvalSplit:
         captions: every usable caption.
         caption_langs: the language of each caption.
         text_to_image: ``text_to_image[j]`` is the index of the image of caption ``j``.
-        dropped: records dropped (undecodable image, no usable caption).
-        drop_reasons: records dropped per reason, and captions ignored.
+        dropped: records dropped (for any of :data:`DROP_REASONS`).
+        drop_reasons: records dropped per reason, captions ignored, shard bytes lost.
+        damage: one line per damaged place in the shards (a record whose checksum fails,
+            a shard tail whose framing is lost), naming the shard and the byte offset.
     """
 
     images: tf.data.Dataset
@@ -569,6 +691,7 @@ class EvalSplit:
     dropped: int
     drop_reasons: dict[str, int]
     eval_resize: str = DEFAULT_EVAL_RESIZE
+    damage: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def num_images(self) -> int:
@@ -585,7 +708,8 @@ class EvalSplit:
         return (
             f"{self.num_images} images, {len(self.captions)} captions ({per_lang}); "
             f"dropped {self.dropped} records: {reasons}; "
-            f"{self.drop_reasons.get('captions ignored', 0)} empty or invalid captions ignored"
+            f"{self.drop_reasons.get('captions ignored', 0)} empty or invalid captions ignored; "
+            f"{self.drop_reasons.get('shard bytes lost', 0)} shard bytes lost"
         )
 
 
@@ -621,7 +745,12 @@ def read_eval_split(
             dropped without decoding ("image too large"); None for no limit.
 
     Returns:
-        An :class:`EvalSplit`.
+        An :class:`EvalSplit`; records whose checksum fails are dropped and listed in
+        ``damage``, the readable records of a damaged shard are used.
+
+    Raises:
+        NoUsableRecordsError: no record is usable (the message gives the counts by reason).
+        FileNotFoundError: no file matches ``file_pattern``.
 
     Example:
         >>> split = read_eval_split("records/m30k-val", 289, 32, languages=["de"])
@@ -632,11 +761,13 @@ def read_eval_split(
     check_eval_resize(eval_resize)
     _check_max_pixels(max_image_pixels)
     files = list_files(file_pattern)
-    _warn_damaged_shards(files)
+    stream = record_stream(files)
+    _warn_damaged_shards(stream)
     lang_tensor = tf.constant(list(languages), tf.string) if languages else None
+    paths = tf.constant(stream.files, tf.string)
 
-    def check(index: tf.Tensor, serialized: tf.Tensor):
-        item = _screen(serialized, lang_tensor)
+    def check(index: tf.Tensor, element: dict[str, tf.Tensor]):
+        item = _screen_element(element, lang_tensor, paths)
         reason = _size_check(item["encoded"], item["reason"], max_image_pixels)
         size = tf.cond(
             tf.equal(reason, _OK),
@@ -644,21 +775,31 @@ def read_eval_split(
             lambda: tf.zeros([2], tf.int32),
         )
         return index, item["id"], item["texts"], item["langs"], item["usable"], \
-            reason, item["ignored"], size
+            reason, item["ignored"], item["where"], item["lost"], size
 
-    scan = _read_files_in_order(files).enumerate()
+    scan = _read_files_in_order(stream).enumerate()
     scan = scan.map(_graph(check), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     scan = scan.ignore_errors()
-    reasons = dict.fromkeys(DROP_REASONS + ("captions ignored",), 0)
+    reasons = dict.fromkeys(_SLOTS[1:], 0)
+    damage: list[str] = []
     keep: list[int] = []
     image_ids: list[str] = []
     captions: list[str] = []
     caption_langs: list[str] = []
     text_to_image: list[int] = []
-    expected = 0
-    for index, image_id, texts, langs, usable, reason, ignored, _ in scan.as_numpy_iterator():
+    expected = records = 0
+    for (index, image_id, texts, langs, usable, reason, ignored, where, lost,
+         _) in scan.as_numpy_iterator():
         reasons["undecodable image"] += int(index) - expected  # failed to decode
+        records += int(index) - expected + (1 if reason < _LOST else 0)
         expected = int(index) + 1
+        if reason == _LOST:
+            reasons["shard bytes lost"] += int(lost)
+            damage.append(f"{where.decode()}: record framing lost, {int(lost)} bytes "
+                          "unreadable")
+            continue
+        if reason == _CRC:
+            damage.append(f"{where.decode()}: {DROP_REASONS[_CRC - 1]}")
         if reason != _OK:
             reasons[DROP_REASONS[int(reason) - 1]] += 1
             continue
@@ -670,17 +811,25 @@ def read_eval_split(
                 captions.append(text.decode("utf-8"))
                 caption_langs.append(lang.decode("utf-8", "replace"))
                 text_to_image.append(len(image_ids) - 1)
-    total = _read_files_in_order(files).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+    total = _read_files_in_order(stream).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
     reasons["undecodable image"] += int(total) - expected  # trailing decode failures
+    records += int(total) - expected
+    if not keep:
+        counts = {"records read": records, **reasons}
+        raise NoUsableRecordsError(
+            f"{_NO_USABLE} in {_source(file_pattern)}"
+            f"{' for languages ' + ','.join(languages) if languages else ''} "
+            f"({_summary(counts)}); nothing to evaluate on. Check the shards with "
+            f"`malign data inspect --strict {_source(file_pattern)}`.", counts)
 
     keep_mask = np.zeros(int(total), dtype=bool)
     keep_mask[keep] = True
     keep_table = tf.constant(keep_mask)
-    images = _read_files_in_order(files).enumerate()
-    images = images.filter(_graph(lambda i, r: tf.gather(keep_table, i)))
+    images = _read_files_in_order(stream).enumerate()
+    images = images.filter(_graph(lambda i, e: tf.gather(keep_table, i)))
     images = images.map(
-        _graph(lambda i, r: decode_and_crop(
-            schema.parse_record(r)[schema.IMAGE_ENCODED], image_size, training=False,
+        _graph(lambda i, e: decode_and_crop(
+            schema.parse_record(e["record"])[schema.IMAGE_ENCODED], image_size, training=False,
             eval_resize=eval_resize,
         )),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -696,6 +845,7 @@ def read_eval_split(
         dropped=sum(reasons[r] for r in DROP_REASONS),
         drop_reasons=reasons,
         eval_resize=eval_resize,
+        damage=damage,
     )
     if verbose:
         print(f"malign.data: eval split {file_pattern}: {split.summary()}", file=sys.stderr)

@@ -115,7 +115,9 @@ def read_record_images(pattern: str, chunk: int = 256,
     Args:
         pattern: record shards: a prefix written by ``malign data`` or a glob.
         chunk: records per list.
-        notes: receives one line per damaged shard (how many of its records were readable).
+        notes: receives one line per damaged place: a record whose checksum fails (it is
+            skipped, the records after it are read), a shard whose framing is lost (the
+            records before the damage are read).
 
     Raises:
         FileNotFoundError: no shard matches.
@@ -126,29 +128,39 @@ def read_record_images(pattern: str, chunk: int = 256,
     """
     import tensorflow as tf
 
-    from malign.data import list_files, schema
-    from malign.data.pipeline import check_shard
+    from malign.data import list_files, record_reader, schema
 
     files = list_files(pattern)
+    stream = record_reader.record_stream(files)
     features = {k: schema.FEATURES[k] for k in (schema.IMAGE_ID, schema.IMAGE_ENCODED)}
 
-    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        return tf.io.parse_example(serialized, features)
+    def parse(element: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        return tf.io.parse_example(element["record"], features), element
+
+    def note(line: str) -> None:
+        print(f"malign embed: {line}", file=sys.stderr)
+        if notes is not None:
+            notes.append(line)
 
     index = 0
-    for file in files:
-        if "://" not in file:
-            records, problem = check_shard(file)
-            if problem:
-                line = (f"shard {file} is damaged ({problem}): its first {records} records "
-                        "were read, the rest skipped")
-                print(f"malign embed: {line}", file=sys.stderr)
-                if notes is not None:
-                    notes.append(line)
-        ds = tf.data.TFRecordDataset(file).ignore_errors().batch(chunk).map(parse)
-        for batch in ds.as_numpy_iterator():
+    for f, file in enumerate(files):
+        if stream.problems[f]:
+            note(f"shard {file} is damaged ({stream.problems[f]}): the records before the "
+                 "damage were read")
+        ds = stream.file_dataset(f).batch(chunk).map(parse)
+        for batch, element in ds.as_numpy_iterator():
             out = []
-            for image_id, data in zip(batch[schema.IMAGE_ID], batch[schema.IMAGE_ENCODED]):
+            for image_id, data, damage, record, offset, lost in zip(
+                    batch[schema.IMAGE_ID], batch[schema.IMAGE_ENCODED], element["damage"],
+                    element["index"], element["offset"], element["lost"]):
+                if damage == record_reader.CORRUPT:
+                    note(f"record {record} of shard {file} (byte {offset}) is corrupt (its "
+                         "checksum fails): skipped")
+                    continue
+                if damage == record_reader.LOST:
+                    if "://" in file:  # local shards were named above
+                        note(f"shard {file}: {lost} bytes from byte {offset} unreadable")
+                    continue
                 text = image_id.decode("utf-8", "replace")
                 out.append((text or f"record-{index}", bytes(data)))
                 index += 1

@@ -178,6 +178,8 @@ def train(
 
     Raises:
         ConfigError: naming the field to change, before anything is written.
+        malign.data.pipeline.NoUsableRecordsError: a whole pass over the training records
+            kept none (the message gives the counts by reason).
     """
     model, history = fit_experiment(experiment, workdir, TrainingJob(), callbacks, verbose)
     return model, history
@@ -253,14 +255,23 @@ def fit_experiment(
             *([evaluator] if evaluator is not None and cfg.eval_every_steps else []),
             *(callbacks or []),
         ]
-        history = model.fit(
-            dataset,
-            epochs=cfg.steps // cfg.steps_per_checkpoint,
-            steps_per_epoch=cfg.steps_per_checkpoint,
-            callbacks=all_callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles; Keras would warn that it ignores True
-        )
+        try:
+            history = model.fit(
+                dataset,
+                epochs=cfg.steps // cfg.steps_per_checkpoint,
+                steps_per_epoch=cfg.steps_per_checkpoint,
+                callbacks=all_callbacks,
+                verbose=verbose,
+                shuffle=False,  # the dataset shuffles; Keras would warn that it ignores True
+            )
+        except Exception as error:
+            # A pass over the records that kept none fails inside tf.data; say so plainly.
+            from malign.data.pipeline import NoUsableRecordsError
+
+            no_data = NoUsableRecordsError.from_op_error(error)
+            if no_data is None:
+                raise
+            raise no_data from None
         final = job.saved_model(model)
         save_model_atomically(final, workdir / "model.keras")
         if plan.train_pattern != "random":

@@ -148,13 +148,15 @@ def test_bad_records_are_dropped_and_counted(bad_records, tokenizer, capfd):
         "no usable caption": 2,  # empty captions, invalid UTF-8
         "no caption in languages": 0,
         "image too large": 0,
+        "corrupt record (CRC)": 0,
         "captions ignored": 2,  # the empty and invalid captions of good1
+        "shard bytes lost": 0,
     }
     err = capfd.readouterr().err
     assert "malign.data: dropped record 'truncated' (undecodable image)" in err
     assert "malign.data: dropped record 'empty_caption' (no usable caption)" in err
     assert "1 record(s) failed to decode" in err
-    assert "dropped 6 (4 undecodable image, 2 no usable caption, 0 no caption" in err
+    assert "dropped 6: 4 undecodable image, 2 no usable caption, 0 no caption" in err
 
 
 def test_bad_records_do_not_stop_training(bad_records, tokenizer):
@@ -176,7 +178,8 @@ def test_language_filter_counts(bad_records, tokenizer):
     # corrupt_body has no French caption: dropped for that, never decoded.
     assert counter.as_dict() == {"records read": 12, "undecodable image": 3,
                                  "no usable caption": 2, "no caption in languages": 6,
-                                 "image too large": 0, "captions ignored": 0}
+                                 "image too large": 0, "corrupt record (CRC)": 0,
+                                 "captions ignored": 0, "shard bytes lost": 0}
 
 
 def test_read_eval_split(bad_records, capsys):
