@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_text  # noqa: E402,F401  (registers the SentencePiece ops the exports use)
 from machine import append_result, describe_machine  # noqa: E402
 
 CAPTIONS = ["a black dog runs across the grass", "ein schwarzer Hund läuft über die Wiese",

@@ -13,9 +13,9 @@ the teacher's ``tokenizer.model``):
         --out records/multi30k-mini --image-size 64 --vocab-size 4000
     MALIGN_MULTI30K_RECORDS=records/multi30k-mini \\
         malign train --recipe recipes/multi30k_finetune.py --workdir runs/m30k
-    # the student's vocabulary: the teacher's pieces the training captions use 5+ times
+    # the student's vocabulary: the teacher's pieces the training captions use 100+ times
     malign data captions records/multi30k-mini/train --out records/multi30k-mini/captions
-    malign tokenizer trim --model records/multi30k-mini/tokenizer.model --min-count 5 \\
+    malign tokenizer trim --model records/multi30k-mini/tokenizer.model --min-count 100 \\
         --corpus records/multi30k-mini/captions.*.txt --out records/multi30k-mini/student
     export MALIGN_DISTILL_RECORDS=records/multi30k-mini MALIGN_DISTILL_TEACHER=runs/m30k/model.keras
     malign distill --recipe recipes/distill_student.py --workdir runs/student-distilled
@@ -52,7 +52,12 @@ so a distillation step costs about as much as a baseline step.
 Smoke (``--smoke``): the checked-in test vocabulary, 10 steps of 16 on the same records
 directory, for the teacher ``$MALIGN_DISTILL_TEACHER``.
 
-Result: see ``benchmarks/RESULTS.md`` ("Distillation on multi30k-mini").
+Result on multi30k-mini (2 cores; ``benchmarks/RESULTS.md``, "Distillation on multi30k-mini"):
+the student has 76,671 weights (0.201 of the teacher's 381,309; 1326 vocabulary pieces).
+Held-out mR en / de / fr / cs: alone 12.9 / 11.0 / 9.8 / 8.2; distilled from the
+multilingual teacher (24.2 / 22.2 / 21.1 / 19.5) 15.4 / 14.1 / 12.6 / 9.4; distilled from
+the English-only teacher (22.6 / 1.7 / 3.5 / 1.9) 16.3 / 14.0 / 12.2 / 9.9. About 12 min per
+student run; exported embedding latency 0.77x (text) and 0.75x (images) the teacher's.
 """
 
 import os

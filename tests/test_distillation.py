@@ -181,7 +181,7 @@ def test_distiller_under_two_replicas_matches_one_device_on_the_global_batch():
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, str(here.parent)], capture_output=True, text=True,
-        timeout=300, cwd=here.parents[1],
+        timeout=900, cwd=here.parents[1],
         env={**os.environ, "PYTHONPATH": str(here.parents[1]),
              "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -175,6 +175,10 @@ COMMANDS: dict[str, Run | Skip] = {
         creates=("records/demo-*.tfrecord",)),
     "malign data inspect records/mine": Run(
         output=rf"\b{N_PHOTOS} images, {2 * N_PHOTOS} captions"),
+    "malign data inspect --strict": Run(
+        why="the README names the option in prose; run on the records made above",
+        replace=(("--strict", "records/mine --strict"),),
+        output=rf"\b{N_PHOTOS} images, {2 * N_PHOTOS} captions"),
     # Evaluation
     "malign data multi30k --root multi30k --images flickr30k-images --split test_2016_flickr "
     "--out records/m30k-test": Run(
