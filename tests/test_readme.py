@@ -4,7 +4,7 @@ The README's fenced ``bash`` and ``python`` blocks, its ``json`` request bodies,
 full commands written inline (a ```malign ... --option``` or ```saved_model_cli ...```
 code span) are read from README.md at collection time and become one test item each, in
 README order. They run in one temporary working directory, so what one command writes is
-what the next one reads: ``malign train`` writes ``runs/demo/model.keras``, ``malign eval``
+what the next one reads: ``malign train`` writes ``runs/demo/teacher/model.keras``, ``malign eval``
 and ``malign export`` read it, the Python serving snippet loads what ``malign export``
 wrote, and so on.
 
@@ -108,20 +108,20 @@ COMMANDS: dict[str, Run | Skip] = {
     # Quick start
     "make demo": Skip("the full demo journey (about 10 min on 2 cores); tests/test_demo.py "
                       "runs the same journey with --smoke, and its teacher's command, "
-                      "`malign train --recipe recipes/demo.py --workdir runs/demo`, runs "
+                      "`malign train --recipe recipes/demo.py --workdir runs/demo/teacher`, runs "
                       "below, shortened"),
     "malign demo --recipe recipes/demo.py --workdir runs/demo": Skip(
         "= make demo; tests/test_demo.py runs it with --smoke"),
     "malign demo --smoke": Skip("tests/test_demo.py runs it (the journey test)"),
     "make test": Skip("the test suite itself, of which this test is part"),
     # Training
-    "malign train --recipe recipes/demo.py --workdir runs/demo": Run(
+    "malign train --recipe recipes/demo.py --workdir runs/demo/teacher": Run(
         why="shortened: --smoke (200 scenes) and 4 steps of 16 instead of 1000 of 64",
         add=DEMO_SHORT,
-        creates=("runs/demo/config.json", "runs/demo/model.keras", "runs/demo/tokenizer.model",
-                 "runs/demo/checkpoints/step_*.keras", "runs/demo/backup",
-                 "runs/demo/logs/train", "runs/demo/eval/metrics.json",
-                 "runs/demo/eval/metrics.md", "runs/demo/eval/recall.png"),
+        creates=("runs/demo/teacher/config.json", "runs/demo/teacher/model.keras", "runs/demo/teacher/tokenizer.model",
+                 "runs/demo/teacher/checkpoints/step_*.keras", "runs/demo/teacher/backup",
+                 "runs/demo/teacher/logs/train", "runs/demo/teacher/eval/metrics.json",
+                 "runs/demo/teacher/eval/metrics.md", "runs/demo/teacher/eval/recall.png"),
         output=r"held-out retrieval: en mR"),
     "malign train --recipe recipes/demo.py --smoke --set training.strategy=cpu:4 "
     "--workdir runs/x": Run(
@@ -133,12 +133,12 @@ COMMANDS: dict[str, Run | Skip] = {
             "does, and runs/demo holds the shortened demo run above (another config)",
         add="--workdir runs/print-config", output=r'"steps": 300\b'),
     # Distillation
-    "malign distill --recipe recipes/demo.py --workdir runs/student --set "
-    "distillation.teacher=runs/demo/model.keras": Run(
+    "malign distill --recipe recipes/demo.py --workdir runs/demo/student --set "
+    "distillation.teacher=runs/demo/teacher/model.keras": Run(
         why="shortened as the demo teacher above: --smoke and 4 steps of 16",
         add=DEMO_SHORT,
-        creates=("runs/student/model.keras", "runs/student/teacher_cache/manifest.json",
-                 "runs/student/checkpoints/step_*.keras", "runs/student/eval/metrics.json"),
+        creates=("runs/demo/student/model.keras", "runs/demo/student/teacher_cache/manifest.json",
+                 "runs/demo/student/checkpoints/step_*.keras", "runs/demo/student/eval/metrics.json"),
         output=r"malign distill: done"),
     # Data and tokenizer
     "malign tokenizer train --input train.en.gz train.de.gz zh=zh.txt --vocab-size 64000 "
@@ -190,19 +190,17 @@ COMMANDS: dict[str, Run | Skip] = {
         why="--split val: the shared subset has the train and val splits only",
         replace=(("--split test_2016 ", "--split val "),),
         creates=("records/m30k-task2-test-*.tfrecord",)),
-    "malign eval --model runs/demo/model.keras --data records/m30k-test --languages "
+    "malign eval --model runs/demo/teacher/model.keras --data records/m30k-test --languages "
     "en,de,fr,cs --out runs/demo/eval-m30k": Run(
         creates=("runs/demo/eval-m30k/metrics.json", "runs/demo/eval-m30k/metrics.md",
                  "runs/demo/eval-m30k/recall.png")),
-    "malign eval zero-shot --model runs/demo/model.keras --data images-by-class/ --classes "
+    "malign eval zero-shot --model runs/demo/teacher/model.keras --data images-by-class/ --classes "
     "classes.json --templates templates.json --out runs/demo/zero-shot": Run(
         creates=("runs/demo/zero-shot/metrics.json", "runs/demo/zero-shot/accuracy.png")),
     # Serving
-    "malign export --model runs/demo/model.keras --out export/malign": Run(
+    "malign export --model runs/demo/teacher/model.keras --out export/malign": Run(
         creates=("export/malign/1/saved_model.pb", "export/malign/1/assets.extra/model.json")),
-    "malign export --model runs/student/model.keras --towers text --out export/student-text": Run(
-        why="runs/demo stands in for runs/student, which no README command trains",
-        replace=(("runs/student/model.keras", "runs/demo/model.keras"),),
+    "malign export --model runs/demo/student/model.keras --towers text --out export/student-text": Run(
         creates=("export/student-text/1/saved_model.pb",)),
     'docker run -t --rm -p 8501:8501 -p 8500:8500 --mount type=bind,source="$PWD/export/malign",'
     "target=/models/malign -e MODEL_NAME=malign tensorflow/serving": Skip(
@@ -219,7 +217,7 @@ COMMANDS: dict[str, Run | Skip] = {
     "embed_text --input_exprs 'text=[\"a dog\",\"ein Hund\"]'": Run(
         output=r"Result for output key embeddings"),
     # Embed and search
-    "malign embed --model runs/demo/model.keras --images photos --out photos.npz": Run(
+    "malign embed --model runs/demo/teacher/model.keras --images photos --out photos.npz": Run(
         creates=("photos.npz",), output=rf"embedded {N_PHOTOS} images \(64 dims\)"),
     "malign embed --model export/malign/1 --data records/m30k-test --out m30k-test.npz": Run(
         creates=("m30k-test.npz",), output=r"embedded \d+ images .*\(saved_model\)"),
@@ -261,8 +259,8 @@ PYTHON: dict[str, Run | Skip] = {
         prelude=(
             "import keras\n"
             "import malign\n"
-            'model = keras.saving.load_model("runs/demo/model.keras")\n'
-            'tokenizer = malign.text.tokenizer_from_file("runs/demo/tokenizer.model",\n'
+            'model = keras.saving.load_model("runs/demo/teacher/model.keras")\n'
+            'tokenizer = malign.text.tokenizer_from_file("runs/demo/teacher/tokenizer.model",\n'
             "                                            model.sequence_length)\n"
             'train_ds = malign.data.make_dataset("records/m30k-train", tokenizer,\n'
             "                                    model.image_size, 8, shuffle_buffer=64)\n"),
