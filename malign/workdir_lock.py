@@ -129,7 +129,7 @@ def lock_workdir(workdir: str | os.PathLike, command: str | None = None) -> Work
     record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command or _command_line(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     while True:
@@ -164,6 +164,14 @@ def lock_workdir(workdir: str | os.PathLike, command: str | None = None) -> Work
     lock = WorkdirLock(workdir, fd, created, taken_over)
     _HELD[key] = lock
     return lock
+
+
+def _command_line() -> str:
+    """This process's command as typed (``python -m malign.cli train`` shows as ``malign``)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if program in ("cli.py", "__main__.py"):
+        program = "malign"
+    return " ".join([program, *sys.argv[1:]])
 
 
 def _try_flock(fd: int, previous: dict[str, Any] | None) -> bool:
