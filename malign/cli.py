@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.show_logs:
         tf_logging.set_verbose(True)
+    from malign.workdir_lock import WorkdirBusyError
+
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, WorkdirBusyError, OSError) as error:
+        # OSError: a missing input, or a full/read-only disk (malign.atomic_files names the
+        # path and says that nothing was left half-written).
         print(f"malign {args.command}: error: {error}", file=sys.stderr)
         return 2
     return int(result or 0)

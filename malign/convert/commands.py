@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +118,7 @@ def run_transformers_align(args: argparse.Namespace) -> int:
         0
     """
     import malign  # noqa: F401  (registers the custom objects)
+    from malign import atomic_files
     from malign.convert.transformers_align import import_transformers_align
     from malign.models.align_model import count_params
     from malign.text.fingerprint import FINGERPRINT_NAME, write_tokenizer_fingerprint
@@ -134,15 +134,13 @@ def run_transformers_align(args: argparse.Namespace) -> int:
     result = import_transformers_align(src, image_size=args.image_size,
                                        sequence_length=args.sequence_length)
     model = result.model
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.unlink()
-    model.save(out)
+    with atomic_files.replacing(out) as tmp:
+        model.save(tmp)
     copied = None
     if result.vocabulary is not None:
         copied = out.parent / "vocab.txt"
         if not copied.exists() or not filecmp.cmp(result.vocabulary, copied, shallow=False):
-            shutil.copyfile(result.vocabulary, copied)
+            atomic_files.copy_file(result.vocabulary, copied)
         # The files that say how vocab.txt is used travel with it (tokenizer_from_file
         # reads them), so eval and export tokenize as the checkpoint's tokenizer does.
         from malign.text.tokenizers import WORDPIECE_SETTINGS_FILES
@@ -150,7 +148,7 @@ def run_transformers_align(args: argparse.Namespace) -> int:
         for name in WORDPIECE_SETTINGS_FILES:
             source, target = directory / name, out.parent / name
             if source.is_file():
-                shutil.copyfile(source, target)
+                atomic_files.copy_file(source, target)
             elif target.exists():
                 target.unlink()
     # What eval and export compare a tokenizer against (malign.text.fingerprint); a record
@@ -176,7 +174,7 @@ def run_transformers_align(args: argparse.Namespace) -> int:
         "model_config": model.model_config.to_dict(),
     }
     record_path = out.with_suffix(".conversion.json")
-    record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_files.write_text(record_path, json.dumps(record, indent=2) + "\n")
 
     resize = "x".join(map(str, settings.resize)) if settings.resize else "none"
     crop = "x".join(map(str, settings.crop)) if settings.crop else "none"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from malign import atomic_files
 from malign.data import record_reader, schema
 from malign.data.pipeline import list_files
 
@@ -77,8 +78,6 @@ def write_caption_files(file_pattern: str, prefix: str | os.PathLike,
     written = {}
     for lang, captions in sorted(lines.items()):
         path = prefix.with_name(f"{prefix.name}.{lang}.txt")
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        tmp.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_files.write_text(path, "".join(c + "\n" for c in captions))
         written[lang] = (str(path), len(captions))
     return written

@@ -34,6 +34,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from malign import atomic_files
 from malign.data.writer import CaptionRow, WriteStats, write_rows
 
 TASK1_LANGUAGES = ("en", "de", "fr", "cs")
@@ -300,12 +301,7 @@ def _read_marker(path: Path) -> dict | None:
 
 
 def _write_marker(path: Path, settings: dict) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(settings, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_files.write_text(path, json.dumps(settings, sort_keys=True) + "\n")
 
 
 def prepare_records(

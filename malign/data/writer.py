@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from malign import atomic_files
 from malign.data.image_header import (
     DEFAULT_MAX_IMAGE_PIXELS,
     exif_orientation,
@@ -409,10 +410,20 @@ class LongCaptionCounter:
 class RecordWriter:
     """Writes :class:`ImageTextExample` records round-robin over ``num_shards`` files.
 
+    Shards are written under hidden temporary names beside their final ones
+    (``.tmp-<pid>-<name>``) and renamed into place by ``close()`` once every one of them
+    is complete, so a crash or a full disk never leaves a truncated shard under a shard
+    name, and shards of an earlier build stay as they were until the new set is whole.
+    Leaving the ``with`` block by an exception removes the temporary files.
+
     Args:
         out_prefix: shards are ``{out_prefix}-{i:05d}-of-{n:05d}.tfrecord``.
         num_shards: the number of files; a multiple of the number of hosts reading them
             lets every input pipeline read whole files.
+
+    Raises:
+        malign.atomic_files.WriteFailedError: (from ``write``/``close``) the disk is full or
+            read-only; names the shard. The temporary files are removed.
 
     Example:
         >>> with RecordWriter("/tmp/malign-doc/x", 2) as w:  # doctest: +SKIP
@@ -424,28 +435,85 @@ class RecordWriter:
             raise ValueError(f"num_shards must be at least 1, got {num_shards}")
         self.prefix = os.fspath(out_prefix)
         self.num_shards = num_shards
-        parent = os.path.dirname(self.prefix)
-        if parent:
-            tf.io.gfile.makedirs(parent)
         self.paths = [shard_name(self.prefix, i, num_shards) for i in range(num_shards)]
-        self._writers = [tf.io.TFRecordWriter(p) for p in self.paths]
+        self._temp_paths = [atomic_files.temp_name(p) for p in self.paths]
+        self._writers: list[tf.io.TFRecordWriter] = []
+        with atomic_files.naming_write_failures(self.paths[0]):
+            parent = os.path.dirname(self.prefix)
+            if parent:
+                tf.io.gfile.makedirs(parent)
+            if "://" not in self.prefix:
+                for name in atomic_files.remove_dead_temps(parent or ".",
+                                                           os.path.basename(self.prefix) + "-*"):
+                    print(f"removed {name}, left by an interrupted build", flush=True)
+            try:
+                for temp in self._temp_paths:
+                    self._writers.append(tf.io.TFRecordWriter(temp))
+            except BaseException:
+                self.abort()
+                raise
         self.count = 0
 
     def write(self, example: ImageTextExample) -> None:
         """Appends one record to the next shard."""
-        self._writers[self.count % self.num_shards].write(example.serialize())
+        index = self.count % self.num_shards
+        try:
+            with atomic_files.naming_write_failures(self.paths[index]):
+                self._writers[index].write(example.serialize())
+        except BaseException:
+            self.abort()
+            raise
         self.count += 1
 
     def close(self) -> None:
-        """Flushes and closes every shard."""
+        """Flushes and closes every shard, then renames them all into place."""
+        if not self._writers:
+            return
+        try:
+            for path, writer in zip(self.paths, self._writers):
+                with atomic_files.naming_write_failures(path):
+                    writer.close()
+            self._writers = []
+            for temp, path in zip(self._temp_paths, self.paths):
+                with atomic_files.naming_write_failures(path):
+                    _rename(temp, path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Closes the shards without keeping them: the temporary files are removed."""
         for writer in self._writers:
-            writer.close()
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - a full disk fails the close too; removing next
+                pass
+        self._writers = []
+        for temp in self._temp_paths:
+            if tf.io.gfile.exists(temp):
+                tf.io.gfile.remove(temp)
 
     def __enter__(self) -> RecordWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _rename(source: str, target: str) -> None:
+    """Renames ``source`` over ``target``: ``os.replace`` locally (synced), else gfile's."""
+    if "://" in source:
+        tf.io.gfile.rename(source, target, overwrite=True)
+        return
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, target)
 
 
 @dataclasses.dataclass
@@ -608,8 +676,15 @@ def _finish(stats: WriteStats, out_prefix: str | os.PathLike, shards: int, verbo
     """Records where the shards went, writes ``{out_prefix}.summary.json``, prints the summary."""
     stats.shards = shards
     stats.pattern = shard_pattern(os.fspath(out_prefix))
-    with tf.io.gfile.GFile(os.fspath(out_prefix) + ".summary.json", "w") as handle:
-        handle.write(json.dumps(stats.to_json(), indent=2, ensure_ascii=False) + "\n")
+    summary = os.fspath(out_prefix) + ".summary.json"
+    text = json.dumps(stats.to_json(), indent=2, ensure_ascii=False) + "\n"
+    if "://" in summary:
+        temp = atomic_files.temp_name(summary)
+        with tf.io.gfile.GFile(temp, "w") as handle:
+            handle.write(text)
+        tf.io.gfile.rename(temp, summary, overwrite=True)
+    else:
+        atomic_files.write_text(summary, text)
     if verbose:
         print(stats.summary(), flush=True)
     return stats

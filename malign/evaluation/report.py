@@ -26,6 +26,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from malign import atomic_files
+
 __all__ = [
     "confusion_chart",
     "format_percent",
@@ -154,9 +156,12 @@ def _wrap(text: str, width_inches: float, fontsize: float) -> str:
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.1)
-    plt.close(fig)
+    try:
+        with atomic_files.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", pad_inches=0.1,
+                        format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -294,7 +299,7 @@ def _json_ready(report: dict[str, Any], confusion_files: dict[str, str] | None =
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    atomic_files.write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
 def write_retrieval_report(
@@ -318,7 +323,7 @@ def write_retrieval_report(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "metrics.json", "markdown": out / "metrics.md", "chart": out / "recall.png"}
     _write_json(report, paths["json"])
-    paths["markdown"].write_text(retrieval_markdown(report, title), encoding="utf-8")
+    atomic_files.write_text(paths["markdown"], retrieval_markdown(report, title))
     retrieval_chart(report, paths["chart"], title)
     return paths
 
@@ -531,7 +536,7 @@ def write_confusion_csv(confusion: Any, names: list[str], path: str | os.PathLik
         cat,1,0
     """
     path = Path(path)
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with atomic_files.replacing(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["true \\ predicted"] + list(names))
         for name, row in zip(names, confusion):
@@ -626,6 +631,6 @@ def write_zero_shot_report(
         )
         files[lang] = f"{stem}.csv"
     _write_json(_json_ready(report, files), paths["json"])
-    paths["markdown"].write_text(zero_shot_markdown(report, title), encoding="utf-8")
+    atomic_files.write_text(paths["markdown"], zero_shot_markdown(report, title))
     zero_shot_chart(report, paths["chart"], title)
     return paths

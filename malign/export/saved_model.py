@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from malign import atomic_files
 from malign.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, image_size_tf
 from malign.data.preprocess import (
     ALIGN_CROP,
@@ -736,6 +737,8 @@ def export_saved_model(
         FileExistsError: the version exists and ``overwrite`` is False.
         ValueError: bad towers, or a tokenizer that does not fit the model.
         RuntimeError: the verification found different embeddings.
+        malign.atomic_files.WriteFailedError: the disk is full or read-only (names the
+            version directory; an existing version is unchanged, the staging removed).
 
     Example:
         >>> import malign, tempfile
@@ -799,6 +802,12 @@ def export_saved_model(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(saved, target)
+    except BaseException as error:
+        # A full or read-only disk: one error naming the version; the staging is removed
+        # below and an existing version is unchanged.
+        if atomic_files.is_write_failure(error):
+            raise atomic_files.WriteFailedError(target, error) from error
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

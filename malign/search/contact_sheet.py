@@ -28,6 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from malign import atomic_files
 from malign.search.embeddings_file import Embeddings
 from malign.search.query import Hit, Query
 
@@ -207,8 +208,8 @@ def write_png_sheet(path: str | os.PathLike, queries: Sequence[Query], results: 
             image = load_thumbnail(bytes_of(hit.id), thumb_size)
             missing += image is None
             cell(hit.rank, row, image, [f"#{hit.rank}: {hit.score:.4f}", hit.id], "not available")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
+    with atomic_files.replacing(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return missing
 
 
@@ -323,8 +324,7 @@ def write_html_sheet(path: str | os.PathLike, queries: Sequence[Query], results:
         parts.append("</div>")
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    atomic_files.write_text(path, "\n".join(parts))
     return missing
 
 

@@ -41,13 +41,14 @@ import dataclasses
 import datetime
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from malign import atomic_files
 
 __all__ = [
     "FORMAT",
@@ -224,17 +225,8 @@ def write_embeddings(path: str | os.PathLike, emb: Embeddings) -> Path:
     if emb.kind == "text":
         arrays["texts"] = np.asarray(list(emb.texts), dtype=str).reshape(-1)
         arrays["langs"] = np.asarray(list(emb.langs), dtype=str).reshape(-1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    with atomic_files.replacing(path) as staging, open(staging, "wb") as file:
+        np.savez(file, **arrays)
     emb.meta = {k: v for k, v in meta.items() if k != "model"}
     return path
 

@@ -59,12 +59,14 @@ def _trim(args: argparse.Namespace) -> int:
         import keras
 
         import malign  # noqa: F401  registers the model classes
+        from malign import atomic_files
         from malign.models.align_model import count_params
         from malign.text.trim import trim_token_embedding
 
         model = keras.saving.load_model(args.keras_model, compile=False)
         small = trim_token_embedding(model, result)
-        small.save(args.keras_out)
+        with atomic_files.replacing(args.keras_out) as tmp:
+            small.save(tmp)
         print(f"model: {count_params(model):,} -> {count_params(small):,} weights; wrote "
               f"{args.keras_out}")
     return 0

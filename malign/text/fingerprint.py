@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 # The one SHA-256 of a file's bytes that malign uses (also for ``malign embed``'s records).
+from malign import atomic_files
 from malign.search.fingerprint import file_sha256
 
 __all__ = [
@@ -78,12 +79,7 @@ def write_tokenizer_fingerprint(tokenizer_file: str | os.PathLike, written_by: s
     record = {"sha256": file_sha256(tokenizer_file), "file": tokenizer_file.name,
               "bytes": tokenizer_file.stat().st_size, "written_by": written_by}
     path = directory / FINGERPRINT_NAME
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, indent=2) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_files.write_text(path, json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from malign import atomic_files
+
 __all__ = ["TrimResult", "iter_corpus", "load_trim_ids", "trim_token_embedding", "trim_vocabulary"]
 
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -310,11 +312,11 @@ def trim_vocabulary(
     vocab_out = out_prefix.with_name(out_prefix.name + ".vocab")
     ids_out = out_prefix.with_name(out_prefix.name + ".ids.npy")
     stats_out = out_prefix.with_name(out_prefix.name + ".trim.json")
-    model_out.write_bytes(trimmed_bytes)
-    vocab_out.write_text(
-        "".join(f"{p.piece}\t{p.score:g}\n" for p in trimmed.pieces), encoding="utf-8")
-    np.save(ids_out, old_ids)
-    stats_out.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_files.write_bytes(model_out, trimmed_bytes)
+    atomic_files.write_text(vocab_out, "".join(f"{p.piece}\t{p.score:g}\n" for p in trimmed.pieces))
+    with atomic_files.replacing(ids_out) as tmp:
+        np.save(tmp, old_ids)  # the temporary name ends in .npy too: np.save keeps it
+    atomic_files.write_text(stats_out, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     if verbose:
         print(f"pieces: {size} -> {len(old_ids)} ({100 * len(old_ids) / size:.1f}%) from "
               f"{n_sentences} sentences, {total_tokens} tokens; wrote {model_out}, {ids_out}, "

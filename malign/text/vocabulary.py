@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from malign import atomic_files
 from malign.data.progress import Progress
 
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -586,7 +587,7 @@ def train_vocabulary(
                 progress.update()
         options: dict[str, object] = dict(
             input=sample_path,
-            model_prefix=str(out_prefix),
+            model_prefix=os.path.join(tmp, "spm"),  # renamed into place when complete
             model_type="unigram",
             vocab_size=vocab_size,
             character_coverage=character_coverage,
@@ -625,7 +626,12 @@ def train_vocabulary(
                     f"vocab_size {vocab_size} is too small for the characters of this corpus "
                     f"(SentencePiece: {message})"
                 ) from error
+            if atomic_files.is_write_failure(error):
+                raise atomic_files.WriteFailedError(f"{out_prefix}.model", error) from error
             raise
+        for suffix in (".model", ".vocab"):
+            with atomic_files.replacing(f"{out_prefix}{suffix}") as final:
+                os.replace(os.path.join(tmp, "spm" + suffix), final)
 
     model_path = out_prefix.with_name(out_prefix.name + ".model")
     processor = spm.SentencePieceProcessor(model_file=str(model_path))
@@ -646,7 +652,7 @@ def train_vocabulary(
         "trainer_options": {k: v for k, v in trainer_options.items()},
     }
     stats_path = out_prefix.with_name(out_prefix.name + ".stats.json")
-    stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    atomic_files.write_text(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     if verbose:
         print(f"wrote {model_path} ({processor.get_piece_size()} pieces) and {stats_path}")
     return model_path

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import keras
 
+from malign import atomic_files
+
 
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves ``step_XXXXXXXX.keras`` at each epoch end, atomically; keeps the last ``keep``.
@@ -42,12 +44,14 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 
 def save_model_atomically(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Writes ``model`` to ``path`` (.keras) via a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
+    """Writes ``model`` to ``path`` (.keras) via a temporary file and a rename.
+
+    Raises:
+        malign.atomic_files.WriteFailedError: full or read-only disk (``path`` unchanged).
+    """
+    with atomic_files.replacing(path) as tmp:
+        model.save(tmp)
+    return Path(path)
 
 
 def read_backup_epoch(backup_dir: Path) -> int:
@@ -62,12 +66,7 @@ def read_backup_epoch(backup_dir: Path) -> int:
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Writes ``text`` beside ``path``, syncs it and renames it over ``path``."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_files.write_text(path, text)
 
 
 def holds_progress(workdir: str | os.PathLike) -> bool:

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from malign.atomic_files import copy_file
 from malign.config import ExperimentConfig
 from malign.models.align_model import AlignModel
 from malign.text.fingerprint import write_tokenizer_fingerprint
@@ -57,6 +57,7 @@ from malign.training.run_plan import (
     resolve_jit_compile,
     resolve_tokenizer_path,
 )
+from malign.workdir_lock import lock_workdir
 
 
 def _retrieval_evaluator(plan: RunPlan, log_dir: Path):
@@ -227,6 +228,8 @@ def fit_experiment(
     tokenizer = make_tokenizer(experiment.data.tokenizer, experiment.model) \
         if plan.tokenizer is not None else None
     plan = dataclasses.replace(plan, tokenizer=tokenizer)
+    # One writer per work directory: a second run on it is refused here (WorkdirBusyError).
+    lock = lock_workdir(workdir)
     try:
         with _Timed("building the model", label) as timed, strategy.scope():
             model = job.build_model(plan)
@@ -277,7 +280,7 @@ def fit_experiment(
         if plan.train_pattern != "random":
             source = resolve_tokenizer_path(experiment.data.tokenizer)
             name = "vocab.txt" if source.suffix == ".txt" else "tokenizer.model"
-            shutil.copyfile(source, workdir / name)
+            copy_file(source, workdir / name)
             # What eval and export compare a tokenizer against (malign.text.fingerprint).
             write_tokenizer_fingerprint(workdir / name, label)
         if evaluator is not None:
@@ -291,4 +294,5 @@ def fit_experiment(
                   f"(written to {workdir / 'eval'})", flush=True)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        lock.release()
     return final, history

@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from malign import atomic_files
+
 __all__ = ["TeacherCache", "StaleCacheError", "fingerprint", "check_fingerprint",
            "build_teacher_cache", "KEY_SEPARATOR"]
 
@@ -213,12 +215,8 @@ def _unique_keys(split: Any, reads: list[int]) -> list[int]:
 
 
 def _write_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
+    with atomic_files.replacing(path) as tmp, open(tmp, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def build_teacher_cache(teacher: Any, tokenizer: Any, file_pattern: str,
