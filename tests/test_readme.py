@@ -119,7 +119,7 @@ COMMANDS: dict[str, Run | Skip] = {
         why="shortened: --smoke (200 scenes) and 4 steps of 16 instead of 1000 of 64",
         add=DEMO_SHORT,
         creates=("runs/demo/config.json", "runs/demo/model.keras", "runs/demo/tokenizer.model",
-                 "runs/demo/checkpoints/step_*.keras", "runs/demo/backup",
+                 "runs/demo/checkpoints/step_*.keras", "runs/demo/restore/step_*",
                  "runs/demo/logs/train", "runs/demo/eval/metrics.json",
                  "runs/demo/eval/metrics.md", "runs/demo/eval/recall.png"),
         output=r"held-out retrieval: en mR"),

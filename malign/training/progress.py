@@ -268,8 +268,9 @@ class ScalarLog(_IntervalTracker):
     steps since the previous point), ``temperature`` and ``learning_rate`` (their values
     after the step), and ``steps_per_second`` (over the interval, without the first,
     tracing, step), and once any update was skipped for NaN/Inf gradients
-    (``training.nonfinite="skip"``) their count ``nonfinite_updates``. Recording is forced on (``tf.summary.record_if(True)``) so another
-    callback's recording condition cannot drop them.
+    (``training.nonfinite="skip"``) their count ``nonfinite_updates``. Recording is forced
+    on (``tf.summary.record_if(True)``) so another callback's recording condition cannot
+    drop them.
 
     Args:
         log_dir: the TensorBoard directory these scalars go to (e.g. ``workdir/logs/train``).
