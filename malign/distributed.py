@@ -283,9 +283,6 @@ def all_replicas_finite(tensors) -> tf.Tensor:
     return tf.equal(bad, 0.0)
 
 
-_ANY_WORKER_FUNCTIONS: dict[int, tf.types.experimental.GenericFunction] = {}
-
-
 def any_worker(flag: bool, strategy: tf.distribute.Strategy | None = None) -> bool:
     """True when ``flag`` is true in at least one worker process; every worker gets the
     same answer.
@@ -307,17 +304,10 @@ def any_worker(flag: bool, strategy: tf.distribute.Strategy | None = None) -> bo
     strategy = strategy or tf.distribute.get_strategy()
     if not _is_multi_worker(strategy):
         return bool(flag)
-    fn = _ANY_WORKER_FUNCTIONS.get(id(strategy))
-    if fn is None:
-        @tf.function
-        def fn(value):
-            def replica_fn(v):
-                return tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, v)
-            return strategy.run(replica_fn, args=(value,))
-        _ANY_WORKER_FUNCTIONS[id(strategy)] = fn
-    result = fn(tf.constant(1.0 if flag else 0.0))
-    return float(strategy.experimental_local_results(result)[0]) > 0
+    value = 1.0 if flag else 0.0
+    flags = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(value))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)) > 0
 
 
 def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:

@@ -265,7 +265,7 @@ def fit_experiment(
         interval = cfg.steps_per_checkpoint
         restore = RestorePoints(
             restore_dir, interval, cfg.steps, resume_from=plan.restore.latest,
-            nonfinite=cfg.nonfinite, label=label,
+            nonfinite=cfg.nonfinite, label=label, strategy=strategy,
             state={"config_sha256": config_sha256(experiment), "seed": cfg.seed,
                    "train_pattern": plan.train_pattern})
         all_callbacks = [

@@ -367,11 +367,13 @@ class RestorePoints(keras.callbacks.Callback):
         keep: restore points to keep.
         nonfinite: "stop" or "skip".
         label: the prefix of messages.
+        strategy: the run's ``tf.distribute`` strategy (Keras calls callbacks outside its
+            scope, so it is passed; None: the current one).
     """
 
     def __init__(self, root: str | os.PathLike, interval: int, total_steps: int,
                  state: dict[str, Any], resume_from: RestorePoint | None = None, keep: int = 2,
-                 nonfinite: str = "stop", label: str = "malign train"):
+                 nonfinite: str = "stop", label: str = "malign train", strategy: Any = None):
         super().__init__()
         self.root = Path(root)
         self.interval = int(interval)
@@ -381,6 +383,7 @@ class RestorePoints(keras.callbacks.Callback):
         self.keep = keep
         self.nonfinite = nonfinite
         self.label = label
+        self.strategy = strategy
         self.stopped_by_signal: int | None = None
         self.last_saved: Path | None = None
         self.skipped_updates = 0
@@ -455,7 +458,7 @@ class RestorePoints(keras.callbacks.Callback):
             logs["nonfinite_updates"] = float(self.skipped_updates)
         if step % self.interval == 0 or step >= self.total_steps:
             self.save(step)
-        if distributed.any_worker(self._signalled):
+        if distributed.any_worker(self._signalled, self.strategy):
             if self.last_saved is None or self.last_saved.name != f"{PREFIX}{step:08d}":
                 self.save(step)
             self.stopped_by_signal = step
