@@ -26,9 +26,9 @@ Keras epoch ends, and ``RestorePoints`` stops ``fit`` at ``training.steps``: a r
 was preempted in the middle of an interval resumes there, its Keras epochs are shifted
 (``initial_epoch`` is the interval it resumed in) and its last epoch is cut short, so it
 runs exactly the remaining steps and saves at the same steps as an uninterrupted run. A
-resumed run also restores its place in the data: random smoke data is a function of the step, and file data is
-reshuffled with a seed derived from the resumed step, so no example from the
-start of the run is replayed in order.
+resumed run also restores its place in the data: random smoke data is a function of the
+step, and file data is reshuffled with a seed derived from the resumed step, so no
+example from the start of the run is replayed in order.
 
 Example:
     >>> from malign.config import ExperimentConfig, TrainingConfig
