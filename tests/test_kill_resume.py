@@ -140,11 +140,17 @@ def test_kills_inside_a_save_resume_to_the_uninterrupted_state(tmp_path, uninter
 
 
 @pytest.mark.slow
-def test_kills_at_every_write_of_a_save_and_at_random_moments(tmp_path, uninterrupted):
-    """Every fault point of one save (restore point and .keras checkpoint), then >= 20
-    SIGKILLs at random moments of the training loop; every run ends at the same state."""
+def test_kills_at_every_write_of_a_save(tmp_path, uninterrupted):
+    """Every fault point of one save (restore point and .keras checkpoint), in one chain of
+    re-runs; it ends at the uninterrupted state."""
     _resume_chain(tmp_path / "points", [f"{p}@1" for p in fault_injection.POINTS],
                   uninterrupted)
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments(tmp_path, uninterrupted):
+    """>= 20 SIGKILLs at random moments of the training loop (and of the final model.keras
+    write), each followed by a re-run; every run ends at the uninterrupted state."""
     rng = random.Random(12)
     kills, chain = 0, 0
     while kills < 20:

@@ -160,7 +160,7 @@ def train(
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: Any = 0,
 ) -> tuple[AlignModel, keras.callbacks.History]:
-    """Trains an experiment in ``workdir``; resumes if a backup is there.
+    """Trains an experiment in ``workdir``; resumes from its newest complete restore point.
 
     Everything is checked first (``prepare_run``: config, work directory, strategy, data,
     tokenizer, ``init_from``); only then does the run write into ``workdir``, so a run
@@ -175,7 +175,7 @@ def train(
 
     Args:
         experiment: the experiment config (unset fields are resolved, see ``prepare_run``).
-        workdir: directory for config.json, checkpoints, backup, logs, model.keras.
+        workdir: directory for config.json, checkpoints, restore points, logs, model.keras.
         callbacks: extra Keras callbacks.
         verbose: Keras ``fit`` verbosity: 0 (malign's progress lines only, default),
             1 (Keras' progress bar instead of the step lines) or 2 (Keras' line per

@@ -21,8 +21,9 @@ On start (``scan``, which only reads) the newest restore point that verifies (``
 parses, the weights file has its recorded size and hash, the config hash matches) is the
 one a run resumes from; newer ones that do not verify are *damaged*. ``tidy`` (run once
 the run's checks passed) moves damaged ones to ``restore/damaged/`` and deletes the
-``.tmp-*`` leftovers of interrupted writes of dead processes, here and in
-``checkpoints/``, each with a message. The last ``keep`` restore points are kept.
+``.tmp-*`` leftovers of interrupted writes of dead processes, here, in
+``checkpoints/`` and in the work directory (an interrupted ``model.keras``), each with a
+message. The last ``keep`` restore points are kept.
 
 ``RestorePoints`` is the Keras callback that writes them at every checkpoint interval
 (by global step), loads the one a run resumes from, stops the run at ``training.steps``,
@@ -196,7 +197,10 @@ def scan(workdir: str | os.PathLike, config_hash: str | None) -> Scan:
     workdir = Path(workdir)
     root = workdir / "restore"
     leftovers = []
-    for directory, pattern in ((root, ".tmp-*"), (workdir / "checkpoints", ".tmp-*")):
+    # .tmp-<pid>-* names: restore points, checkpoints, and the files of the work directory
+    # itself (model.keras, config.json, the tokenizer copy and its fingerprint).
+    for directory, pattern in ((root, ".tmp-*"), (workdir / "checkpoints", ".tmp-*"),
+                               (workdir, ".tmp-*")):
         for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
             pid = _leftover_pid(path)
             if pid is None or not _pid_alive(pid):

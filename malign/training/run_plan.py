@@ -146,12 +146,13 @@ def _resolve_against_workdir(experiment: ExperimentConfig, workdir: Path
         if changed or unreadable:
             notes.append(f"{workdir / 'config.json'} is from a run that saved no training state; "
                          f"replacing it (differs in: {', '.join(changed) or 'unreadable'})")
-    found = restore_points.Scan(None)
+    # Always scanned: a run killed in its first checkpoint write left a temporary file
+    # but no training state.
+    try:
+        found = restore_points.scan(workdir, restore_points.config_sha256(resolved))
+    except restore_points.RestorePointError as error:
+        raise ConfigError(str(error)) from None
     if progress:
-        try:
-            found = restore_points.scan(workdir, restore_points.config_sha256(resolved))
-        except restore_points.RestorePointError as error:
-            raise ConfigError(str(error)) from None
         if found.latest is None and (workdir / "backup" / "training_metadata.json").exists():
             notes.append(f"{workdir / 'backup'} is Keras BackupAndRestore state of an older "
                          "malign, which is not read (restore points are in "
