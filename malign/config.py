@@ -718,7 +718,11 @@ class TrainingConfig(_Config):
             0 = only once, after training.
         init_from: optional ``.keras`` model (e.g. a converted checkpoint) whose weights
             start the run; its weights must match the model config's shapes. The
-            optimizer starts fresh. Ignored when the run resumes from its backup.
+            optimizer starts fresh. Ignored when the run resumes from a restore point.
+        nonfinite: what a step whose loss or gradient holds a NaN or Inf does: "stop"
+            (the update is skipped and the run stops with an error naming the step; the
+            restore points hold only finite values) or "skip" (the update is skipped,
+            counted and reported, and the run goes on).
 
     Example:
         >>> cfg = TrainingConfig(steps=20)
@@ -753,6 +757,7 @@ class TrainingConfig(_Config):
     log_every_steps: int = 10
     eval_every_steps: int = 0
     init_from: str = ""
+    nonfinite: str = "stop"
 
     def resolve(self, previous: TrainingConfig | None = None) -> TrainingConfig:
         """A copy with every unset field set, validated.
@@ -821,6 +826,8 @@ class TrainingConfig(_Config):
         if self.mixed_precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
             _fail(n, "mixed_precision",
                   f"must be float32, mixed_bfloat16 or mixed_float16, got {self.mixed_precision!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            _fail(n, "nonfinite", f"must be 'stop' or 'skip', got {self.nonfinite!r}")
         if self.jit_compile not in ("auto", "true", "false"):
             _fail(n, "jit_compile", f"must be 'auto', 'true' or 'false', got {self.jit_compile!r}")
         if not 0 <= self.seed < 2**32:

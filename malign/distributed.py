@@ -28,6 +28,8 @@ __all__ = [
     "replica_id",
     "device_type",
     "logs_for_keras_reduce",
+    "all_replicas_finite",
+    "any_worker",
 ]
 
 
@@ -251,6 +253,61 @@ def scale_loss_for_replicas(loss: tf.Tensor) -> tf.Tensor:
     if n == 1:
         return loss
     return loss * tf.cast(1.0 / n, loss.dtype)
+
+
+def all_replicas_finite(tensors) -> tf.Tensor:
+    """True (a bool scalar) when every tensor on every replica is finite (no NaN or Inf).
+
+    Each replica counts its tensors holding a NaN or Inf and the counts are summed over
+    all replicas (``ReplicaContext.all_reduce``), so every replica gets the same answer
+    and takes the same branch of a ``tf.cond`` on it, even when only one replica's
+    gradient overflowed. ``tf.IndexedSlices`` are checked by their values; None entries
+    are ignored. Outside a replica context with several replicas no collective is made.
+
+    Args:
+        tensors: tensors, ``tf.IndexedSlices`` or None (e.g. a step's gradients).
+
+    Example:
+        >>> bool(all_replicas_finite([tf.constant([1.0, 2.0]), None]))
+        True
+        >>> bool(all_replicas_finite([tf.constant([1.0, float("nan")])]))
+        False
+    """
+    checks = [tf.reduce_all(tf.math.is_finite(t.values if isinstance(t, tf.IndexedSlices)
+                                              else t)) for t in tensors if t is not None]
+    bad = tf.reduce_sum(tf.cast(tf.logical_not(tf.stack(checks)), tf.float32)) if checks \
+        else tf.constant(0.0)
+    ctx = _replica_context()
+    if ctx is not None:
+        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    return tf.equal(bad, 0.0)
+
+
+def any_worker(flag: bool, strategy: tf.distribute.Strategy | None = None) -> bool:
+    """True when ``flag`` is true in at least one worker process; every worker gets the
+    same answer.
+
+    Under a multi-worker ``MultiWorkerMirroredStrategy`` this is a collective (a SUM
+    all-reduce of the flags over all replicas): every worker must call it at the same
+    point, the same number of times (e.g. at every step end, as
+    ``malign.training.restore_points.RestorePoints`` does to agree on the step at which to
+    stop after a SIGTERM reached some of them). In one process it is ``flag`` itself.
+
+    Args:
+        flag: this process's flag.
+        strategy: the strategy (default: the current one).
+
+    Example:
+        >>> any_worker(False)
+        False
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if not _is_multi_worker(strategy):
+        return bool(flag)
+    value = 1.0 if flag else 0.0
+    flags = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(value))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)) > 0
 
 
 def _is_multi_worker(strategy: tf.distribute.Strategy) -> bool:

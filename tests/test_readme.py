@@ -118,10 +118,11 @@ COMMANDS: dict[str, Run | Skip] = {
     "malign train --recipe recipes/demo.py --workdir runs/demo/teacher": Run(
         why="shortened: --smoke (200 scenes) and 4 steps of 16 instead of 1000 of 64",
         add=DEMO_SHORT,
-        creates=("runs/demo/teacher/config.json", "runs/demo/teacher/model.keras", "runs/demo/teacher/tokenizer.model",
-                 "runs/demo/teacher/checkpoints/step_*.keras", "runs/demo/teacher/backup",
-                 "runs/demo/teacher/logs/train", "runs/demo/teacher/eval/metrics.json",
-                 "runs/demo/teacher/eval/metrics.md", "runs/demo/teacher/eval/recall.png"),
+        creates=("runs/demo/teacher/config.json", "runs/demo/teacher/model.keras",
+                 "runs/demo/teacher/tokenizer.model", "runs/demo/teacher/checkpoints/step_*.keras",
+                 "runs/demo/teacher/restore/step_*", "runs/demo/teacher/logs/train",
+                 "runs/demo/teacher/eval/metrics.json", "runs/demo/teacher/eval/metrics.md",
+                 "runs/demo/teacher/eval/recall.png"),
         output=r"held-out retrieval: en mR"),
     "malign train --recipe recipes/demo.py --smoke --set training.strategy=cpu:4 "
     "--workdir runs/x": Run(

@@ -219,13 +219,29 @@ def test_corrected_rerun_after_a_failed_check_trains_and_evaluates_once(tmp_path
     assert (workdir / "eval" / "metrics.json").is_file()
 
 
+def _write_restore_point(workdir, experiment, step: int) -> None:
+    """A restore point as `restore_points.scan` verifies it (its weights file is not read)."""
+    import hashlib
+    import json
+
+    from malign.training import restore_points
+
+    path = workdir / "restore" / f"step_{step:08d}"
+    path.mkdir(parents=True)
+    (path / restore_points.WEIGHTS).write_bytes(b"weights")
+    (path / restore_points.STATE).write_text(json.dumps({
+        "step": step, "config_sha256": restore_points.config_sha256(experiment.resolve()),
+        "files": {restore_points.WEIGHTS: {"bytes": 7, "sha256": hashlib.sha256(
+            b"weights").hexdigest()}}}))
+
+
 def _write_run(workdir, experiment, epoch: int) -> None:
     """A work directory as a run of `experiment` leaves it after `epoch` checkpoint intervals."""
     workdir.mkdir(parents=True)
-    (workdir / "config.json").write_text(experiment.resolve().to_json())
+    resolved = experiment.resolve()
+    (workdir / "config.json").write_text(resolved.to_json())
     if epoch:
-        (workdir / "backup").mkdir()
-        (workdir / "backup" / "training_metadata.json").write_text(f'{{"epoch": {epoch}}}')
+        _write_restore_point(workdir, resolved, epoch * resolved.training.steps_per_checkpoint)
 
 
 def test_resume_keeps_derived_values_and_only_steps_may_grow(tmp_path):
@@ -261,13 +277,12 @@ def test_config_of_a_run_without_training_state_is_replaced(tmp_path):
 
     workdir = tmp_path / "run"
     _write_run(workdir, _tiny(steps=20, learning_rate=0.5), epoch=0)
-    plan = prepare_run(_tiny(steps=20), workdir)  # no backup, checkpoint or model: no state
+    plan = prepare_run(_tiny(steps=20), workdir)  # no restore point, checkpoint or model
     assert any("replacing it (differs in: training.learning_rate)" in n for n in plan.notes)
     assert plan.experiment.training.warmup_steps == 2
     (workdir / "config.json").write_text("{not json")
     assert any("unreadable" in n for n in prepare_run(_tiny(steps=20), workdir).notes)
-    (workdir / "backup").mkdir()
-    (workdir / "backup" / "training_metadata.json").write_text('{"epoch": 1}')
+    _write_restore_point(workdir, _tiny(steps=20), 20)
     with pytest.raises(ConfigError, match="holds training state but .* cannot be read"):
         prepare_run(_tiny(steps=20), workdir)
 

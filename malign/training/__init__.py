@@ -11,6 +11,9 @@
 - :mod:`malign.training.inputs`: random smoke batches, synthetic demo data, record shards
   under a strategy.
 - :mod:`malign.training.progress`: progress lines and TensorBoard scalars.
+- :mod:`malign.training.restore_points`: the training state in one atomic directory per
+  step (``RestorePoints``: resume, SIGTERM, NaN/Inf updates); ``fault_injection``: the
+  kill points tests use.
 - :mod:`malign.training.fit`: ``train(experiment, workdir)``, the Keras ``fit`` loop.
 - :mod:`malign.training.distillation`: the ``Distiller`` model and ``distill``.
 - :mod:`malign.training.commands`: ``malign train`` and ``malign distill``.
@@ -28,6 +31,7 @@ from malign.training.checkpoints import (
     write_text_atomically,
 )
 from malign.training.fit import train
+from malign.training.restore_points import NonFiniteError, Preempted, RestorePoints
 
 from malign.training.distillation import Distiller, distill  # isort: skip (imports fit)
 from malign.training.inputs import prepare_synthetic, random_dataset, synthetic_patterns
@@ -54,6 +58,9 @@ __all__ = [
     "NO_DECAY_NAMES",
     "FusedAdamW",
     "FusedLamb",
+    "NonFiniteError",
+    "Preempted",
+    "RestorePoints",
     "RunPlan",
     "StepCheckpoint",
     "WarmupDecay",

@@ -107,7 +107,10 @@ def _run(args: argparse.Namespace) -> int:
         # strategy, data, tokenizer, init_from; the teacher), without writing anything.
         print(job.check(training.prepare_run(experiment, workdir)).experiment.to_json())
         return 0
-    training.fit.fit_experiment(experiment, workdir, job, verbose=args.verbose)
+    try:
+        training.fit.fit_experiment(experiment, workdir, job, verbose=args.verbose)
+    except training.restore_points.Preempted:
+        return 0  # SIGTERM: a restore point is saved and the message printed; not a failure
     print(f"{job.label}: done; model in {workdir / 'model.keras'}")
     return 0
 

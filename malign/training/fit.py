@@ -6,9 +6,12 @@ the configured ``tf.distribute`` strategy. It first checks everything
 directory, strategy, data, tokenizer, ``init_from``) and writes nothing until
 all of it passes. Then it writes the resolved config to ``workdir/config.json``,
 checkpoints every ``steps_per_checkpoint`` steps
-(``workdir/checkpoints/step_XXXXXXXX.keras``, written atomically), keeps a
-``BackupAndRestore`` state in ``workdir/backup`` so a killed run resumes at its
-last checkpoint, prints progress and logs loss, temperature and learning rate
+(``workdir/checkpoints/step_XXXXXXXX.keras``, written atomically), writes a restore
+point there too (``workdir/restore/step_XXXXXXXX/``, ``malign.training.restore_points``:
+weights, optimizer, step, data position and config hash, in one rename) so a killed run
+resumes at its last restore point, saves one and exits on SIGTERM (``Preempted``),
+stops on a NaN/Inf update (``NonFiniteError``) unless ``training.nonfinite="skip"``,
+prints progress and logs loss, temperature and learning rate
 to TensorBoard in ``workdir/logs/train`` every ``log_every_steps`` global steps
 (``malign.training.progress``), and saves the final model as
 ``workdir/model.keras`` with a copy of its tokenizer (when the data is not random) and
@@ -17,11 +20,15 @@ that file's SHA-256 (``tokenizer-fingerprint.json``, ``malign.text.fingerprint``
 the retrieval evaluation runs every ``eval_every_steps`` steps and once at the end (never
 twice at the same step), and its final report goes to ``workdir/eval``.
 
-A Keras "epoch" here is one checkpoint interval over a repeated dataset:
-Keras 3 restores at epoch boundaries only. A resumed run also restores its place
-in the data: random smoke data is a function of the step, and file data is
-reshuffled with a seed derived from the resumed step, so no example from the
-start of the run is replayed in order.
+A Keras "epoch" here is one checkpoint interval over a repeated dataset. Restore
+points and checkpoints are written at global steps (multiples of the interval), not at
+Keras epoch ends, and ``RestorePoints`` stops ``fit`` at ``training.steps``: a run that
+was preempted in the middle of an interval resumes there, its Keras epochs are shifted
+(``initial_epoch`` is the interval it resumed in) and its last epoch is cut short, so it
+runs exactly the remaining steps and saves at the same steps as an uninterrupted run. A
+resumed run also restores its place in the data: random smoke data is a function of the
+step, and file data is reshuffled with a seed derived from the resumed step, so no
+example from the start of the run is replayed in order.
 
 Example:
     >>> from malign.config import ExperimentConfig, TrainingConfig
@@ -49,6 +56,7 @@ from malign.text.fingerprint import write_tokenizer_fingerprint
 from malign.training.checkpoints import StepCheckpoint, save_model_atomically, write_text_atomically
 from malign.training.inputs import dataset_factory, prepare_synthetic
 from malign.training.optimizers import make_optimizer
+from malign.training.restore_points import Preempted, RestorePoints, config_sha256, tidy
 from malign.training.run_plan import (
     RunPlan,
     initialize_from,
@@ -153,7 +161,7 @@ def train(
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: Any = 0,
 ) -> tuple[AlignModel, keras.callbacks.History]:
-    """Trains an experiment in ``workdir``; resumes if a backup is there.
+    """Trains an experiment in ``workdir``; resumes from its newest complete restore point.
 
     Everything is checked first (``prepare_run``: config, work directory, strategy, data,
     tokenizer, ``init_from``); only then does the run write into ``workdir``, so a run
@@ -168,7 +176,7 @@ def train(
 
     Args:
         experiment: the experiment config (unset fields are resolved, see ``prepare_run``).
-        workdir: directory for config.json, checkpoints, backup, logs, model.keras.
+        workdir: directory for config.json, checkpoints, restore points, logs, model.keras.
         callbacks: extra Keras callbacks.
         verbose: Keras ``fit`` verbosity: 0 (malign's progress lines only, default),
             1 (Keras' progress bar instead of the step lines) or 2 (Keras' line per
@@ -181,6 +189,10 @@ def train(
         ConfigError: naming the field to change, before anything is written.
         malign.data.pipeline.NoUsableRecordsError: a whole pass over the training records
             kept none (the message gives the counts by reason).
+        malign.training.restore_points.Preempted: the run got SIGTERM and saved a restore
+            point at the end of that step (no ``model.keras``); call again to resume.
+        malign.training.restore_points.NonFiniteError: a step's loss or gradient held a
+            NaN or Inf and ``training.nonfinite`` is "stop" (the message names the step).
     """
     model, history = fit_experiment(experiment, workdir, TrainingJob(), callbacks, verbose)
     return model, history
@@ -205,6 +217,9 @@ def fit_experiment(
 
     Returns:
         ``(job.saved_model(model), history)``.
+
+    Raises:
+        The errors of ``train``.
     """
     from malign.models.align_model import count_params
     from malign.training.progress import ProgressLog, ScalarLog
@@ -217,7 +232,7 @@ def fit_experiment(
     label = job.label
     for note in plan.notes:
         print(f"{label}: {note}", flush=True)
-    backup_dir = workdir / "backup"
+    restore_dir = workdir / "restore"
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(cfg.mixed_precision)
@@ -241,28 +256,43 @@ def fit_experiment(
         # Everything is checked: from here on the run writes into its work directory.
         workdir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(workdir / "config.json", experiment.to_json() + "\n")
+        tidy(plan.restore, label)
         if plan.start_step:
-            print(f"{label}: resuming from step {plan.start_step} (backup in {backup_dir})",
-                  flush=True)
+            print(f"{label}: resuming from step {plan.start_step} (restore point "
+                  f"{plan.restore.latest.path})", flush=True)
         if experiment.data.train_pattern == "synthetic":
             prepare_synthetic(workdir / "data", experiment, label)
         job.prepare_inputs(model, plan)
         dataset = strategy.distribute_datasets_from_function(job.dataset_fn(plan))
         evaluator = _retrieval_evaluator(plan, workdir / "logs")
+        interval = cfg.steps_per_checkpoint
+        restore = RestorePoints(
+            restore_dir, interval, cfg.steps, resume_from=plan.restore.latest,
+            nonfinite=cfg.nonfinite, label=label, strategy=strategy,
+            state={"config_sha256": config_sha256(experiment), "seed": cfg.seed,
+                   "train_pattern": plan.train_pattern})
         all_callbacks = [
-            keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True,
-                                             delete_checkpoint=False),
+            restore,  # first: it loads the state the others read on_train_begin
             *([ProgressLog(cfg.steps, cfg.log_every_steps, label)] if verbose != 1 else []),
             ScalarLog(workdir / "logs" / "train", cfg.steps, cfg.log_every_steps),
-            StepCheckpoint(workdir / "checkpoints", select=job.saved_model),
             *([evaluator] if evaluator is not None and cfg.eval_every_steps else []),
             *(callbacks or []),
         ]
+        # The .keras checkpoint of an interval is written before its restore point: a
+        # kill between them resumes from the previous point and writes it again.
+        all_callbacks.insert(0, StepCheckpoint(workdir / "checkpoints", select=job.saved_model,
+                                               every_steps=interval, total_steps=cfg.steps))
+        # A run resumed in the middle of an interval starts in Keras epoch start // interval;
+        # RestorePoints stops it at cfg.steps, cutting its last epoch short.
+        initial_epoch = plan.start_step // interval
+        remaining = cfg.steps - plan.start_step
+        restore.install_signal_handler()
         try:
             history = model.fit(
                 dataset,
-                epochs=cfg.steps // cfg.steps_per_checkpoint,
-                steps_per_epoch=cfg.steps_per_checkpoint,
+                initial_epoch=initial_epoch,
+                epochs=initial_epoch + -(-remaining // interval),
+                steps_per_epoch=interval,
                 callbacks=all_callbacks,
                 verbose=verbose,
                 shuffle=False,  # the dataset shuffles; Keras would warn that it ignores True
@@ -275,6 +305,16 @@ def fit_experiment(
             if no_data is None:
                 raise
             raise no_data from None
+        finally:
+            restore.restore_signal_handler()
+        if restore.stopped_by_signal is not None:
+            print(f"{label}: stopped by SIGTERM at step {restore.stopped_by_signal}; restore "
+                  f"point {restore.last_saved}; run the same command again to resume",
+                  flush=True)
+            raise Preempted(restore.stopped_by_signal, restore.last_saved)
+        if restore.skipped_updates:
+            print(f"{label}: {restore.skipped_updates} update(s) with NaN/Inf gradients were "
+                  "skipped (training.nonfinite=skip)", flush=True)
         final = job.saved_model(model)
         save_model_atomically(final, workdir / "model.keras")
         if plan.train_pattern != "random":

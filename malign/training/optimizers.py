@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from malign import distributed
 from malign.config import TrainingConfig
+from malign.training import fault_injection
 from malign.training.schedules import make_schedule
 
 # Parameters matched by these names get no weight decay: biases, norm scales and
@@ -239,8 +240,74 @@ class _FusedLargeVariableUpdates:
                 tf.pow(tf.cast(self.beta_2, dtype), local_step))
 
 
+class _SkipNonFiniteUpdates:
+    """Skips an update whose gradients hold a NaN or Inf, and counts it.
+
+    Before the update, every replica checks its gradients and the replicas agree
+    (``malign.distributed.all_replicas_finite``, one scalar all-reduce), so all of them
+    skip or all apply. A skipped update changes no weight, moment or weight decay; the step
+    counter (``iterations``, which the learning-rate schedule and the data position
+    follow) still advances, and ``nonfinite_updates`` (an int64 optimizer variable, saved
+    with the optimizer) counts it. ``malign.training.restore_points.RestorePoints`` reads
+    the count: it stops the run (``training.nonfinite="stop"``) or reports it ("skip").
+
+    The branch follows Keras' ``LossScaleOptimizer``: under strategies that synchronise
+    with ``merge_call`` (Mirrored) the ``tf.cond`` runs in the cross-replica context,
+    because a cond in a replica context may not contain the optimizer's ``merge_call``.
+    """
+
+    def build(self, variables):
+        super().build(variables)
+        if getattr(self, "nonfinite_updates", None) is None:
+            self.nonfinite_updates = self.add_variable(
+                shape=(), initializer="zeros", dtype="int64",
+                aggregation="only_first_replica", name="nonfinite_updates")
+
+    def _skip_update(self):
+        self._iterations.assign_add(1)
+        self.nonfinite_updates.assign_add(1)
+        return tf.constant(False)
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        if not grads:
+            return
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                with keras.name_scope(self.name, caller=self):
+                    self.build(trainable_variables)
+                self.built = True
+        parent = super().apply
+
+        def apply_update(grads, trainable_variables):
+            parent(grads, trainable_variables)
+            return tf.constant(True)
+
+        grads = fault_injection.nan_gradients(grads, self.iterations + 1)  # tests only
+        finite = distributed.all_replicas_finite(grads)
+        if (tf.distribute.in_cross_replica_context()
+                or not tf.distribute.has_strategy()
+                or tf.__internal__.distribute.strategy_supports_no_merge_call()):
+            tf.cond(finite, lambda: apply_update(grads, trainable_variables), self._skip_update)
+            return
+
+        def cross_replica(distribution, finite, grads, trainable_variables):
+            # Every replica computed the same value (all_replicas_finite all-reduces).
+            agreed = distribution.experimental_local_results(finite)[0]
+
+            def update():
+                distribution.extended.call_for_each_replica(
+                    apply_update, args=(grads, trainable_variables))
+                return tf.constant(True)
+            tf.cond(agreed, update, self._skip_update)
+
+        tf.distribute.get_replica_context().merge_call(
+            cross_replica, args=(finite, grads, trainable_variables))
+
+
 @keras.saving.register_keras_serializable(package="malign")
-class FusedLamb(_FusedLargeVariableUpdates, keras.optimizers.Lamb):
+class FusedLamb(_SkipNonFiniteUpdates, _FusedLargeVariableUpdates, keras.optimizers.Lamb):
     """``keras.optimizers.Lamb`` whose large variables are updated by one fused program on CPU.
 
     Args:
@@ -258,7 +325,7 @@ class FusedLamb(_FusedLargeVariableUpdates, keras.optimizers.Lamb):
 
 
 @keras.saving.register_keras_serializable(package="malign")
-class FusedAdamW(_FusedLargeVariableUpdates, keras.optimizers.AdamW):
+class FusedAdamW(_SkipNonFiniteUpdates, _FusedLargeVariableUpdates, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` whose large variables are updated by one fused program on CPU.
 
     Args:

@@ -161,6 +161,8 @@ class _IntervalTracker(keras.callbacks.Callback):
             values["temperature"] = float(keras.ops.convert_to_numpy(temperature))
         elif "temperature" in logs:
             values["temperature"] = _scalar(logs["temperature"])
+        if logs.get("nonfinite_updates"):  # restore_points.RestorePoints puts the count here
+            values["nonfinite_updates"] = _scalar(logs["nonfinite_updates"])
         lr = getattr(self.model.optimizer, "learning_rate", None)
         if lr is not None:
             values["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
@@ -252,6 +254,8 @@ class ProgressLog(_IntervalTracker):
         if "steps_per_second" in values:
             rate = values["steps_per_second"]
             parts.append(f"{rate:.2f} steps/s" if rate >= 0.1 else f"{1 / rate:.1f} s/step")
+        if "nonfinite_updates" in values:
+            parts.append(f"{int(values['nonfinite_updates'])} NaN/Inf updates skipped")
         if "eta_seconds" in values and step < self.total_steps:
             parts.append(f"ETA {format_duration(values['eta_seconds'])}")
         return "  ".join(parts)
@@ -263,8 +267,10 @@ class ScalarLog(_IntervalTracker):
     At every multiple of ``every`` and at ``total_steps``: ``loss`` (the mean over the
     steps since the previous point), ``temperature`` and ``learning_rate`` (their values
     after the step), and ``steps_per_second`` (over the interval, without the first,
-    tracing, step). Recording is forced on (``tf.summary.record_if(True)``) so another
-    callback's recording condition cannot drop them.
+    tracing, step), and once any update was skipped for NaN/Inf gradients
+    (``training.nonfinite="skip"``) their count ``nonfinite_updates``. Recording is forced
+    on (``tf.summary.record_if(True)``) so another callback's recording condition cannot
+    drop them.
 
     Args:
         log_dir: the TensorBoard directory these scalars go to (e.g. ``workdir/logs/train``).
@@ -275,7 +281,8 @@ class ScalarLog(_IntervalTracker):
         >>> cb = ScalarLog("runs/x/logs/train", total_steps=1000, every=20)  # doctest: +SKIP
     """
 
-    TAGS = ("loss", "temperature", "learning_rate", "steps_per_second", *LOSS_KEYS[1:])
+    TAGS = ("loss", "temperature", "learning_rate", "steps_per_second", *LOSS_KEYS[1:],
+            "nonfinite_updates")
 
     def __init__(self, log_dir: str | os.PathLike, total_steps: int, every: int):
         super().__init__(total_steps, every)

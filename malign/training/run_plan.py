@@ -15,7 +15,8 @@ import tensorflow as tf
 from malign import distributed
 from malign.config import ConfigError, ExperimentConfig, ModelConfig, TrainingConfig
 from malign.models.align_model import AlignModel
-from malign.training.checkpoints import holds_progress, read_backup_epoch
+from malign.training import restore_points
+from malign.training.checkpoints import holds_progress
 from malign.training.inputs import data_patterns
 
 
@@ -38,7 +39,8 @@ def _read_workdir_config(workdir: Path) -> tuple[ExperimentConfig | None, str]:
 
 
 def _config_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
-    """Dotted names of the fields in which two configs differ, ``training.steps`` aside."""
+    """Dotted names of the fields in which two configs differ, ``training.steps`` and
+    ``training.nonfinite`` aside (a run may be extended, or told to skip NaN updates)."""
     def flat(data: dict, prefix: str = "") -> dict[str, Any]:
         out = {}
         for key, value in data.items():
@@ -49,7 +51,8 @@ def _config_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[st
         return out
 
     a, b = flat(old.to_dict()), flat(new.to_dict())
-    return sorted(k for k in a.keys() | b.keys() if k != "training.steps" and a.get(k) != b.get(k))
+    free = ("training.steps", "training.nonfinite")  # neither changes the saved state
+    return sorted(k for k in a.keys() | b.keys() if k not in free and a.get(k) != b.get(k))
 
 
 def _check_workdir_config(workdir: Path, previous: ExperimentConfig,
@@ -92,6 +95,8 @@ class RunPlan:
         eval_pattern: the held-out set ("" for none).
         tokenizer: the tokenizer layer (None when no data needs one).
         notes: lines to tell the user (derived values, a replaced config).
+        restore: what ``restore_points.scan`` found in ``workdir/restore`` (the restore
+            point the run resumes from, damaged ones and leftovers to tidy once it starts).
     """
 
     experiment: ExperimentConfig
@@ -102,11 +107,12 @@ class RunPlan:
     eval_pattern: str
     tokenizer: Any
     notes: tuple[str, ...] = ()
+    restore: restore_points.Scan = restore_points.Scan(None)
 
 
 def _resolve_against_workdir(experiment: ExperimentConfig, workdir: Path
-                             ) -> tuple[ExperimentConfig, int, list[str]]:
-    """Resolves the config for ``workdir``; returns it, the resume step and notes."""
+                             ) -> tuple[ExperimentConfig, restore_points.Scan, list[str]]:
+    """Resolves the config for ``workdir``; returns it, its restore points and notes."""
     previous, unreadable = _read_workdir_config(workdir)
     progress = holds_progress(workdir)
     if unreadable and progress:
@@ -140,16 +146,25 @@ def _resolve_against_workdir(experiment: ExperimentConfig, workdir: Path
         if changed or unreadable:
             notes.append(f"{workdir / 'config.json'} is from a run that saved no training state; "
                          f"replacing it (differs in: {', '.join(changed) or 'unreadable'})")
-    start_step = 0
+    # Always scanned: a run killed in its first checkpoint write left a temporary file
+    # but no training state.
+    try:
+        found = restore_points.scan(workdir, restore_points.config_sha256(resolved))
+    except restore_points.RestorePointError as error:
+        raise ConfigError(str(error)) from None
     if progress:
-        start_step = read_backup_epoch(workdir / "backup") * resolved.training.steps_per_checkpoint
+        if found.latest is None and (workdir / "backup" / "training_metadata.json").exists():
+            notes.append(f"{workdir / 'backup'} is Keras BackupAndRestore state of an older "
+                         "malign, which is not read (restore points are in "
+                         f"{workdir / 'restore'}): the run starts at step 0")
+    start_step = found.latest.step if found.latest is not None else 0
     if start_step > resolved.training.steps:
         raise ConfigError(
             f"training.steps={resolved.training.steps}: the run in {workdir} has already "
             f"trained {start_step} steps; use at least {start_step} to resume it, or a new "
             "--workdir"
         )
-    return resolved, start_step, notes
+    return resolved, found, notes
 
 
 def _check_pattern(field: str, pattern: str) -> None:
@@ -192,7 +207,8 @@ def prepare_run(experiment: ExperimentConfig, workdir: str | os.PathLike) -> Run
     """
     workdir = Path(workdir)
     experiment.validate()
-    resolved, start_step, notes = _resolve_against_workdir(experiment, workdir)
+    resolved, found, notes = _resolve_against_workdir(experiment, workdir)
+    start_step = found.latest.step if found.latest is not None else 0
     cfg = resolved.training
     try:
         strategy = distributed.get_strategy(cfg.strategy)
@@ -214,7 +230,7 @@ def prepare_run(experiment: ExperimentConfig, workdir: str | os.PathLike) -> Run
         raise ConfigError(f"training.init_from: no such file {cfg.init_from}")
     notes += batch_norm_notes(resolved)
     return RunPlan(resolved, workdir, strategy, start_step, train_pattern, eval_pattern,
-                   tokenizer, tuple(notes))
+                   tokenizer, tuple(notes), found)
 
 
 #: The share of batch norm's initial moving statistics (mean 0, variance 1) a run may leave
