@@ -105,7 +105,12 @@ def test_checkpoint_kill_points_leave_no_partial_keras_file(tmp_path, monkeypatc
             callback.save(20)
         for path in directory.glob("step_*.keras"):  # complete zip files only
             keras.saving.load_model(path, compile=False)
-        if point == "checkpoint.write":  # the half-written file is a leftover, then removed
+        if point == "checkpoint.write":
+            # Raised in-process, the writer removes its temporary file itself; a SIGKILL
+            # (tests/test_kill_resume.py) leaves it: plant it as the kill would.
+            leftover = directory / f".tmp-{os.getpid()}-step_00000020.keras"
+            assert not leftover.exists()
+            leftover.write_bytes(b"PK\x03\x04 half a zip")
             found = restore_points.scan(tmp_path, None)
             assert [p.name for p in found.leftovers] == [
                 f".tmp-{os.getpid()}-step_00000020.keras"]
