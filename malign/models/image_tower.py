@@ -140,12 +140,12 @@ class ImageTower(keras.Model):
         """The tower's graph; with ``remat`` on, each stage is recomputed in the backward pass."""
         if not self.remat:
             return super().call(inputs, training=training, mask=mask)
-        from malign.models.remat import recompute_grad
+        from malign.models import remat
 
         head, *stages, tail = self._segments
         x = head(inputs, training=training)
         for stage in stages:
-            x = recompute_grad(lambda t, stage=stage: stage(t, training=training), stage)(x)
+            x = remat.recompute_grad(lambda t, stage=stage: stage(t, training=training), stage)(x)
         return tail(x, training=training)
 
     def get_config(self) -> dict:

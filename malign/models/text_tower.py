@@ -92,13 +92,13 @@ class TextTower(keras.Model):
 def _recompute_when_asked(layer: keras.layers.Layer, tower: TextTower) -> None:
     """Makes ``layer.call`` recompute its activations in the backward pass while
     ``tower.remat`` is on (``malign.models.remat``); otherwise it runs as before."""
-    from malign.models.remat import recompute_grad
-
     original = layer.call
 
     def call(inputs, *args, **kwargs):
         if not tower.remat:
             return original(inputs, *args, **kwargs)
-        return recompute_grad(lambda x: original(x, *args, **kwargs), layer)(inputs)
+        from malign.models import remat
+
+        return remat.recompute_grad(lambda x: original(x, *args, **kwargs), layer)(inputs)
 
     layer.call = call
