@@ -42,7 +42,8 @@ def _dataset(strategy, batch):
 
 
 def _fit_one_step(strategy, model, batch):
-    history = model.fit(_dataset(strategy, batch), epochs=1, steps_per_epoch=1, verbose=0)
+    history = model.fit(_dataset(strategy, batch), epochs=1, steps_per_epoch=1, verbose=0,
+                        shuffle=False)
     return history.history["loss"][0], flat_weights(model)
 
 
@@ -262,3 +263,40 @@ def test_micro_batches_with_chunked_sigmoid_loss(spec):
     _, got = _fit_one_step(strategy, cached, batch)
     assert _worst(_implied_gradients(init_flat, want), _implied_gradients(init_flat, got)) \
         <= TOL
+
+
+@pytest.mark.slow
+def test_distiller_micro_batches_equal_the_plain_step():
+    """The Distiller (cached teacher embeddings of another width, so the loss pass also
+    trains the linear maps) with micro-batches equals its plain step."""
+    from malign.config import DistillationConfig
+    from malign.training.distillation import Distiller
+
+    strategy = _strategy("default")
+    student = get_preset("tiny", freeze_batch_norm=True)
+    config = DistillationConfig(teacher="t.keras", image_alignment_weight=0.5,
+                                text_alignment_weight=0.5, distill_temperature=2.0)
+    batch = make_batch(GLOBAL_BATCH, seed=11)
+    batch["teacher_image_embeddings"] = _embeddings(GLOBAL_BATCH, 48, 12)
+    batch["teacher_text_embeddings"] = _embeddings(GLOBAL_BATCH, 48, 13)
+    weights, init = [], None
+    for micro in (None, 4):
+        keras.utils.set_random_seed(14)
+        with strategy.scope():
+            d = Distiller(student, None, config, teacher_embedding_dim=48,
+                          teacher_temperature=0.5)
+            d.configure_steps(micro_batch_size=micro)
+            d.compile(optimizer=keras.optimizers.SGD(LR))
+        if init is None:
+            init = d.get_weights()
+        d.set_weights(init)
+        d.fit(_dataset(strategy, batch), epochs=1, steps_per_epoch=1, verbose=0,
+              shuffle=False)
+        weights.append(d.get_weights())
+    assert d.image_projection is not None
+
+    def worst(a, b):
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+    assert worst(init, weights[0]) > 1e-3
+    assert worst(weights[0], weights[1]) <= TOL
