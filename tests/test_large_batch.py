@@ -300,3 +300,29 @@ def test_distiller_micro_batches_equal_the_plain_step():
 
     assert worst(init, weights[0]) > 1e-3
     assert worst(weights[0], weights[1]) <= TOL
+
+
+@pytest.mark.slow
+def test_train_command_with_every_large_batch_tool(tmp_path):
+    """``malign train`` in its own process with micro-batches, recomputation and the chunked
+    sigmoid loss on two replicas: it trains, saves, and records the settings."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run"
+    settings = ["training.global_batch_size=8", "training.steps=2", "training.warmup_steps=1",
+                "training.strategy=cpu:2", "training.micro_batch_size=2", "training.remat=true",
+                "model.loss=sigmoid", "training.sigmoid_chunked=true"]
+    args = ["train", "--preset", "tiny", "--workdir", str(workdir)]
+    for setting in settings:
+        args += ["--set", setting]
+    proc = subprocess.run([sys.executable, "-m", "malign.cli", *args], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "step 2/2  loss" in proc.stdout and "nan" not in proc.stdout.lower()
+    assert (workdir / "model.keras").is_file()
+    training = json.loads((workdir / "config.json").read_text())["training"]
+    assert (training["micro_batch_size"], training["remat"], training["sigmoid_chunked"]) == (
+        2, True, True)
