@@ -47,6 +47,29 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _status_mb(field: str) -> float:
+    """A /proc/self/status field (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _settle() -> float:
+    """Returns freed heap to the system (glibc ``malloc_trim``), resets the peak resident
+    set (``/proc/self/clear_refs``), and returns the resident set in MiB."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
 def run_one(preset: str, batch: int, tool: str, micro: int, steps: int, warmup: int,
             strategy_spec: str, overrides: dict) -> dict:
     """Measures one configuration in this process (called in a subprocess by ``main``)."""
@@ -76,7 +99,7 @@ def run_one(preset: str, batch: int, tool: str, micro: int, steps: int, warmup: 
         lambda ctx: random_dataset(model.model_config, per_replica,
                                    pipeline_id=ctx.input_pipeline_id).take(4).cache().repeat())
     baseline = _rss_mb()
-    times = []
+    times, settled = [], []
 
     class Timer(keras.callbacks.Callback):
         def on_train_batch_begin(self, step, logs=None):
@@ -84,15 +107,19 @@ def run_one(preset: str, batch: int, tool: str, micro: int, steps: int, warmup: 
 
         def on_train_batch_end(self, step, logs=None):
             times.append(time.perf_counter() - self.start)
+            if len(times) == warmup:  # traced and run once: measure the steps alone
+                settled.append(_settle())
 
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[Timer()], verbose=0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    steady_peak = _status_mb("VmHWM")
     gpu_peak = None
     if tf.config.list_physical_devices("GPU"):
         gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return {"preset": preset, "batch": batch, "tool": tool, "strategy": strategy_spec,
             "micro": cfg.micro_batch_size, "baseline_mb": baseline, "peak_mb": peak,
             "step_mb": peak - baseline, "gpu_peak_mb": gpu_peak,
+            "steady_step_mb": steady_peak - settled[0],
             "median_step_ms": statistics.median(times[warmup:]) * 1000,
             "image_size": model.image_size, "steps": len(times[warmup:]),
             "weights": malign.models.count_params(model)}
@@ -156,17 +183,19 @@ def main(argv=None):
             results.append(json.loads(lines[-1][len("RESULT "):]))
             r = results[-1]
             print(f"{tool:16s} batch {batch:5d}: peak {r['peak_mb']:8.0f} MiB, step memory "
-                  f"{r['step_mb']:7.0f} MiB, median step {r['median_step_ms']:8.0f} ms",
-                  flush=True)
-    rows = ["| tool | global batch | micro-batch | peak RSS MiB | after build MiB | step MiB | "
-            "median step ms |", "|---|---|---|---|---|---|---|"]
+                  f"{r['step_mb']:7.0f} MiB, steady step {r['steady_step_mb']:7.0f} MiB, "
+                  f"median step {r['median_step_ms']:8.0f} ms", flush=True)
+    rows = ["| tool | global batch | micro-batch | peak RSS MiB | after build MiB | "
+            "peak - after build MiB | steady step MiB | median step ms |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r['tool']} | {r['batch']} | {r['micro'] or '-'} | {r['peak_mb']:.0f} | "
-                    f"{r['baseline_mb']:.0f} | {r['step_mb']:.0f} | {r['median_step_ms']:.0f} |")
-    rows += ["", f"| tool | largest global batch within {args.budget_mb:.0f} MiB of step memory "
-                 "(straight-line estimate) |", "|---|---|"]
+                    f"{r['baseline_mb']:.0f} | {r['step_mb']:.0f} | {r['steady_step_mb']:.0f} | "
+                    f"{r['median_step_ms']:.0f} |")
+    rows += ["", f"| tool | largest global batch within {args.budget_mb:.0f} MiB of steady step "
+                 "memory (straight-line estimate) |", "|---|---|"]
     for tool in tools:
-        points = [(r["batch"], r["step_mb"]) for r in results if r["tool"] == tool]
+        points = [(r["batch"], r["steady_step_mb"]) for r in results if r["tool"] == tool]
         rows.append(f"| {tool} | {largest_batch(points, args.budget_mb)} |")
     table = "\n".join(rows)
     print(table)
@@ -183,7 +212,10 @@ def main(argv=None):
                 f"{first['image_size']} px, strategy {args.strategy}; each row one process; "
                 f"median over {first['steps']} timed steps after {args.warmup} warm-up; "
                 "random in-memory batches. Peak = `ru_maxrss` of the process (model build, "
-                "tracing and steps); step memory = peak - resident set after building.\n\n"
+                "tracing and steps); after build = resident set before `fit`; steady step = "
+                "the peak resident set during the timed steps (reset after the warm-up step, "
+                "once freed heap is returned with `malloc_trim`) minus the resident set then: "
+                "what a step itself needs, without the traced graph.\n\n"
                 + table)
         append_result(f"Peak memory and step time of the large-batch tools: "
                       f"{first['preset']}", body)

@@ -109,7 +109,8 @@ def _one_tape_step(strategy, model, batch, micro):
     return flat_weights(model)
 
 
-@pytest.mark.parametrize("spec,micro", [("default", 8)])
+@pytest.mark.parametrize("spec,micro", [
+    ("default", 8), pytest.param("cpu:4", 2, marks=pytest.mark.slow)])
 def test_micro_batches_with_dropout_replay_the_same_masks(spec, micro):
     """Dropout and stochastic depth on: the cached step's gradient is the one-tape gradient
     with the same masks; with other masks it is not (so dropout is really on)."""

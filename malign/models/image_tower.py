@@ -136,10 +136,10 @@ class ImageTower(keras.Model):
                     for j, (a, b) in enumerate(zip([images, *boundaries], [*boundaries, x]))]
         self.__dict__["_segments"] = tuple(segments)
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs, training=None, mask=None, **kwargs):
         """The tower's graph; with ``remat`` on, each stage is recomputed in the backward pass."""
         if not self.remat:
-            return super().call(inputs, training=training, mask=mask)
+            return super().call(inputs, training=training, mask=mask, **kwargs)
         from malign.models import remat
 
         head, *stages, tail = self._segments
