@@ -388,6 +388,11 @@ class ImageTowerConfig(_Config):
         drop_connect_rate: stochastic depth rate of the last block (linear in block index).
         batch_norm_epsilon, batch_norm_momentum: batch norm settings.
         synchronized_batch_norm: all-reduce batch statistics across replicas.
+        freeze_batch_norm: run every batch norm in inference mode (its moving statistics,
+            neither updated nor replaced by batch statistics; gamma and beta not trained),
+            for fine-tuning from trained statistics. With ``training.micro_batch_size``
+            and unfrozen batch norm, training statistics are per micro-batch (ghost batch
+            norm), so a micro-batched step differs from the whole-batch one.
         depthwise_padding: block indices whose stride-2 depthwise conv pads k//2 on both
             sides (the transformers checkpoint's rule); others pad k//2-1 before, k//2 after.
         normalization: first layer applied to [0, 1] images.
@@ -418,6 +423,7 @@ class ImageTowerConfig(_Config):
     batch_norm_epsilon: float = 1e-3
     batch_norm_momentum: float = 0.99
     synchronized_batch_norm: bool = True
+    freeze_batch_norm: bool = False
     depthwise_padding: tuple[int, ...] = ()
     normalization: str = "minus_one_to_one"
     eval_resize: str = "shorter_side"
@@ -723,6 +729,17 @@ class TrainingConfig(_Config):
             (the update is skipped and the run stops with an error naming the step; the
             restore points hold only finite values) or "skip" (the update is skipped,
             counted and reported, and the run goes on).
+        micro_batch_size: gradient caching (GradCache): each replica embeds its batch in
+            micro-batches of this many examples, first without keeping activations, then
+            again with them, back-propagating the gradient of the global-batch loss with
+            respect to each embedding; the step's gradient equals the whole batch's.
+            Must divide the per-replica batch. None or 0 = off (``malign.training.grad_cache``).
+        remat: recompute activations in the backward pass, per EfficientNet stage and per
+            BERT layer, instead of keeping them (``malign.models.remat``): less memory,
+            about one more forward pass of compute.
+        sigmoid_chunked: with ``model.loss="sigmoid"``, compute the loss one replica's
+            text embeddings at a time (``losses.chunked_sigmoid_loss``), so no replica
+            holds the global logits or text embeddings; the same value and gradient.
 
     Example:
         >>> cfg = TrainingConfig(steps=20)
@@ -758,6 +775,9 @@ class TrainingConfig(_Config):
     eval_every_steps: int = 0
     init_from: str = ""
     nonfinite: str = "stop"
+    micro_batch_size: int | None = None
+    remat: bool = False
+    sigmoid_chunked: bool = False
 
     def resolve(self, previous: TrainingConfig | None = None) -> TrainingConfig:
         """A copy with every unset field set, validated.
@@ -837,6 +857,21 @@ class TrainingConfig(_Config):
         if self.eval_every_steps < 0:
             _fail(n, "eval_every_steps",
                   f"must be >= 0 (0 = after training only), got {self.eval_every_steps}")
+        if self.micro_batch_size is not None:
+            self._check_micro_batch_size(n)
+
+    def _check_micro_batch_size(self, n: str) -> None:
+        size, batch = self.micro_batch_size, self.global_batch_size
+        if size < 0:
+            _fail(n, "micro_batch_size", f"must be a positive number of examples (or 0/null "
+                                         f"= off), got {size}")
+        if size and batch % size:
+            options = _neighbours(divisors(batch), size)
+            _fail(n, "micro_batch_size",
+                  f"{size} must divide the per-replica batch, so at least "
+                  f"{_join(n, 'global_batch_size')}={batch}; use "
+                  f"{' or '.join(map(str, options))}, or unset it (null) to turn gradient "
+                  "caching off")
 
     def _check_checkpoint_interval(self, n: str) -> None:
         interval, steps = self.steps_per_checkpoint, self.steps
@@ -971,6 +1006,10 @@ class ExperimentConfig(_Config):
         self.data.validate(_join(n, "data"))
         self.training.validate(_join(n, "training"))
         self.distillation.validate(_join(n, "distillation"))
+        if self.training.sigmoid_chunked and self.model.loss != "sigmoid":
+            _fail(_join(n, "training"), "sigmoid_chunked",
+                  f"chunks the sigmoid loss, but model.loss is {self.model.loss!r}: set "
+                  "model.loss=sigmoid or training.sigmoid_chunked=false")
         if (self.training.eval_every_steps and not self.data.eval_pattern
                 and self.data.train_pattern != "synthetic"):
             _fail(_join(n, "training"), "eval_every_steps",

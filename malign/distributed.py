@@ -23,6 +23,8 @@ __all__ = [
     "configure_logical_cpus",
     "check_global_batch",
     "gather_batch",
+    "broadcast_from_replica",
+    "sum_to_replica",
     "scale_loss_for_replicas",
     "num_replicas",
     "replica_id",
@@ -228,6 +230,52 @@ def gather_batch(*tensors: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
     local = tf.shape(tensors[0])[0]
     offset = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * local
     return gathered, offset
+
+
+def broadcast_from_replica(tensor: tf.Tensor, source: int) -> tf.Tensor:
+    """Replica ``source``'s ``tensor`` on every replica (no gradient bookkeeping needed).
+
+    Inside a replica context with several replicas it is an all-reduce (SUM) of the tensor
+    masked to zero on every replica but ``source``: every replica receives one replica's
+    [b, ...] tensor, never the whole global batch at once (the chunked sigmoid loss passes
+    the replicas' text embeddings round this way, one replica at a time). Elsewhere the
+    tensor passes through. Every replica must call it with the same ``source`` sequence.
+
+    Args:
+        tensor: this replica's tensor; same shape on every replica.
+        source: the index of the replica whose tensor is wanted, in [0, num_replicas).
+
+    Example:
+        >>> broadcast_from_replica(tf.ones((2, 3)), 0).shape
+        TensorShape([2, 3])
+    """
+    ctx = _replica_context()
+    if ctx is None:
+        return tensor
+    mine = tf.cast(tf.equal(replica_id(), source), tensor.dtype)
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tensor * mine)
+
+
+def sum_to_replica(tensor: tf.Tensor, target: int) -> tf.Tensor:
+    """The sum over replicas of ``tensor``, kept by replica ``target`` (zero elsewhere).
+
+    The reverse of ``broadcast_from_replica``: every replica's gradient with respect to
+    the tensor it received from ``target`` is summed and handed back to its owner.
+    Outside a multi-replica context the tensor passes through.
+
+    Args:
+        tensor: this replica's contribution; same shape on every replica.
+        target: the index of the replica that keeps the sum.
+
+    Example:
+        >>> sum_to_replica(tf.ones((2, 3)), 0).shape
+        TensorShape([2, 3])
+    """
+    ctx = _replica_context()
+    if ctx is None:
+        return tensor
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+    return total * tf.cast(tf.equal(replica_id(), target), tensor.dtype)
 
 
 def scale_loss_for_replicas(loss: tf.Tensor) -> tf.Tensor:

@@ -37,6 +37,7 @@ from malign import distributed
 __all__ = [
     "contrastive_loss",
     "sigmoid_loss",
+    "chunked_sigmoid_loss",
     "distillation_loss",
     "similarity_kl_loss",
     "embedding_alignment_loss",
@@ -128,6 +129,93 @@ def sigmoid_loss(
     positives = tf.one_hot(offset + tf.range(local), tf.shape(all_texts)[0], dtype=tf.float32)
     signs = 2.0 * positives - 1.0
     return -tf.reduce_sum(tf.math.log_sigmoid(signs * logits)) / tf.cast(local, tf.float32)
+
+
+def chunked_sigmoid_loss(
+    image_emb: tf.Tensor,
+    text_emb: tf.Tensor,
+    temperature: tf.Tensor | float,
+    bias: tf.Tensor | float,
+) -> tf.Tensor:
+    """``sigmoid_loss`` computed one replica's text embeddings at a time.
+
+    SigLIP's chunked implementation (Zhai et al. 2023, "Sigmoid Loss for Language Image
+    Pre-Training", arXiv:2303.15343, section 3.3): the sigmoid loss is a sum over pairs,
+    so each replica can score its images against one replica's texts at a time. Round
+    ``r`` of ``num_replicas`` rounds receives replica ``r``'s [b, D] text embeddings
+    (``distributed.broadcast_from_replica``) and adds that [b, b] block of the loss; the
+    positives are on the diagonal of the block of the replica's own texts. No replica
+    holds the global [b, B] logits or the [B, D] global text embeddings, in the forward
+    pass or the backward pass: the gradient is written out here (``tf.custom_gradient``)
+    and replays the rounds, sending each block's text gradient back to its owner
+    (``distributed.sum_to_replica``). Value and gradients equal ``sigmoid_loss``'s.
+
+    Args:
+        image_emb: [b, D] L2-normalised image embeddings of this replica.
+        text_emb: [b, D] L2-normalised text embeddings (row i pairs with image i).
+        temperature: positive scalar.
+        bias: scalar added to the logits.
+
+    Returns:
+        Scalar loss normalised by this replica's batch size, as ``sigmoid_loss``.
+
+    Example:
+        >>> x = tf.math.l2_normalize(tf.random.normal((4, 8)), axis=-1)
+        >>> bool(abs(chunked_sigmoid_loss(x, x, 0.1, -10.0) - sigmoid_loss(x, x, 0.1, -10.0)) < 1e-5)
+        True
+    """
+    return _chunked_sigmoid(tf.cast(image_emb, tf.float32), tf.cast(text_emb, tf.float32),
+                            tf.cast(tf.convert_to_tensor(temperature), tf.float32),
+                            tf.cast(tf.convert_to_tensor(bias), tf.float32))
+
+
+def _sigmoid_block(image_emb, texts, temperature, bias, own: tf.Tensor):
+    """(similarities, logits, signs) of this replica's images against one replica's texts;
+    ``own`` is 1.0 when the texts are this replica's (positives on the diagonal)."""
+    similarities = tf.matmul(image_emb, texts, transpose_b=True)
+    logits = similarities / temperature + bias
+    positives = tf.eye(tf.shape(image_emb)[0], tf.shape(texts)[0], dtype=tf.float32) * own
+    return similarities, logits, 2.0 * positives - 1.0
+
+
+@tf.custom_gradient
+def _chunked_sigmoid(image_emb, text_emb, temperature, bias):
+    rounds = distributed.num_replicas()
+    me = distributed.replica_id()
+    local = tf.cast(tf.shape(image_emb)[0], tf.float32)
+
+    def own(source: int) -> tf.Tensor:
+        return tf.cast(tf.equal(me, source), tf.float32)
+
+    total = tf.zeros((), tf.float32)
+    for source in range(rounds):
+        with tf.control_dependencies([total]):  # one block at a time
+            texts = distributed.broadcast_from_replica(text_emb, source)
+        _, logits, signs = _sigmoid_block(image_emb, texts, temperature, bias, own(source))
+        total = total - tf.reduce_sum(tf.math.log_sigmoid(signs * logits))
+    loss = total / local
+
+    def grad(upstream):
+        d_image = tf.zeros_like(image_emb)
+        d_text = tf.zeros_like(text_emb)
+        d_temperature = tf.zeros((), tf.float32)
+        d_bias = tf.zeros((), tf.float32)
+        for source in range(rounds):
+            with tf.control_dependencies([d_image]):
+                texts = distributed.broadcast_from_replica(text_emb, source)
+            similarities, logits, signs = _sigmoid_block(image_emb, texts, temperature,
+                                                         bias, own(source))
+            # d/dz of -log_sigmoid(s * z) is -s * sigmoid(-s * z).
+            d_logits = -signs * tf.sigmoid(-signs * logits) * (upstream / local)
+            d_image = d_image + tf.matmul(d_logits, texts) / temperature
+            d_texts = tf.matmul(d_logits, image_emb, transpose_a=True) / temperature
+            d_text = d_text + distributed.sum_to_replica(d_texts, source)
+            d_bias = d_bias + tf.reduce_sum(d_logits)
+            d_temperature = d_temperature - tf.reduce_sum(d_logits * similarities) / (
+                temperature * temperature)
+        return d_image, d_text, d_temperature, d_bias
+
+    return loss, grad
 
 
 def distillation_loss(

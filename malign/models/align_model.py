@@ -56,8 +56,50 @@ class StrategyFitMixin:
 
     - ``train_step``/``test_step`` pass their logs through
       ``distributed.logs_for_keras_reduce`` (the multi-worker log workaround);
-    - ``_maybe_symbolic_build`` builds only the optimizer (see its docstring).
+    - ``_maybe_symbolic_build`` builds only the optimizer (see its docstring);
+    - ``configure_steps`` turns on the large-batch tools of ``TrainingConfig``: gradient
+      caching (``train_step`` then runs ``malign.training.grad_cache.train_step``),
+      recomputation in the towers and the chunked sigmoid loss.
+
+    A model using it defines ``micro_batch_outputs``, ``trained_outputs`` and
+    ``trained_output_keys`` (see ``grad_cache.train_step``).
     """
+
+    #: Examples per micro-batch of gradient caching (None: Keras' own train step).
+    micro_batch_size: int | None = None
+    #: The outputs whose gradients gradient caching back-propagates through the towers.
+    trained_output_keys: tuple[str, ...] = ("image_embeddings", "text_embeddings")
+
+    def configure_steps(self, micro_batch_size: int | None = None, remat: bool = False,
+                        sigmoid_chunked: bool = False) -> None:
+        """Sets the large-batch tools (``training.micro_batch_size``, ``training.remat``,
+        ``training.sigmoid_chunked``); call before the first step is traced.
+
+        Args:
+            micro_batch_size: examples per micro-batch (divides the per-replica batch);
+                None or 0 = whole batches.
+            remat: recompute each EfficientNet stage and BERT layer in the backward pass.
+            sigmoid_chunked: compute the sigmoid loss one replica's texts at a time.
+
+        Example:
+            >>> model = AlignModel.from_preset("tiny")
+            >>> model.configure_steps(micro_batch_size=2, remat=True)
+            >>> model.micro_batch_size, model.image_tower.remat, model.text_tower.remat
+            (2, True, True)
+        """
+        self.micro_batch_size = int(micro_batch_size) if micro_batch_size else None
+        encoder = getattr(self, "embedding_model", self)
+        encoder.image_tower.remat = bool(remat)
+        encoder.text_tower.remat = bool(remat)
+        encoder.sigmoid_chunked = bool(sigmoid_chunked)
+
+    def micro_batch_outputs(self, x) -> dict:
+        """Gradient caching's embedding pass of a micro-batch (training mode)."""
+        return self(x, training=True)
+
+    def trained_outputs(self, x) -> dict:
+        """Gradient caching's replay of a micro-batch: the outputs to differentiate."""
+        return self(x, training=True)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Builds the optimizer without touching data (overrides a Keras 3 internal).
@@ -75,7 +117,13 @@ class StrategyFitMixin:
             self._symbolic_build(data_batch=None)
 
     def train_step(self, data):
-        return distributed.logs_for_keras_reduce(super().train_step(data))
+        if self.micro_batch_size:
+            from malign.training import grad_cache
+
+            logs = grad_cache.train_step(self, data, self.micro_batch_size)
+        else:
+            logs = super().train_step(data)
+        return distributed.logs_for_keras_reduce(logs)
 
     def test_step(self, data):
         return distributed.logs_for_keras_reduce(super().test_step(data))
@@ -121,6 +169,8 @@ class AlignModel(StrategyFitMixin, keras.Model):
                 autocast=False,
             )
         self.temperature_tracker = keras.metrics.Mean(name="temperature")
+        #: Compute the sigmoid loss one replica's texts at a time (``configure_steps``).
+        self.sigmoid_chunked = False
         self.built = True
 
     # -- construction -------------------------------------------------------------
@@ -206,10 +256,12 @@ class AlignModel(StrategyFitMixin, keras.Model):
 
         Returns:
             A float32 scalar: ``losses.contrastive_loss`` (label smoothing of the config)
-            or ``losses.sigmoid_loss``, with negatives from the global batch.
+            or ``losses.sigmoid_loss`` (``losses.chunked_sigmoid_loss`` with
+            ``sigmoid_chunked``), with negatives from the global batch.
         """
         if self.model_config.loss == "sigmoid":
-            return losses.sigmoid_loss(image_emb, text_emb, self.temperature, self.logit_bias)
+            sigmoid = losses.chunked_sigmoid_loss if self.sigmoid_chunked else losses.sigmoid_loss
+            return sigmoid(image_emb, text_emb, self.temperature, self.logit_bias)
         return losses.contrastive_loss(image_emb, text_emb, self.temperature,
                                        label_smoothing=self.model_config.label_smoothing)
 

@@ -96,9 +96,17 @@ class ImageTower(keras.Model):
         x = keras.layers.Activation("swish", name="stem_act")(x)
 
         specs = block_specs(config)
+        # Stage boundaries (input and output of each stage's blocks), for recomputation.
+        stage_ends, first = [], 0
+        for stage in config.stages:
+            first += round_repeats(stage[1], config.depth_coefficient)
+            stage_ends.append(first)
+        boundaries = [x]
         for i, spec in enumerate(specs):
             rate = config.drop_connect_rate * i / len(specs)
             x = _mbconv_block(x, i, spec, config, bn, rate)
+            if i + 1 in stage_ends:
+                boundaries.append(x)
 
         if config.top_filters:
             top = round_filters(config.top_filters, config.width_coefficient,
@@ -114,6 +122,31 @@ class ImageTower(keras.Model):
         super().__init__(inputs=images, outputs=x, **kwargs)
         self.tower_config = config
         self.output_dim = image_output_dim(config)
+        if config.freeze_batch_norm:
+            for layer in self.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    # Keras runs a non-trainable batch norm in inference mode.
+                    layer.trainable = False
+        #: Recompute each stage's activations in the backward pass (``training.remat``).
+        self.remat = False
+        # The graph cut at the stage boundaries: head (input .. stem), one segment per
+        # stage, tail (top conv .. projection). They share this tower's layers; kept out of
+        # Keras' tracking (a plain tuple in __dict__) so saving and weights see the tower only.
+        segments = [keras.Model(a, b, name=f"{self.name}_segment_{j}")
+                    for j, (a, b) in enumerate(zip([images, *boundaries], [*boundaries, x]))]
+        self.__dict__["_segments"] = tuple(segments)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        """The tower's graph; with ``remat`` on, each stage is recomputed in the backward pass."""
+        if not self.remat:
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        from malign.models import remat
+
+        head, *stages, tail = self._segments
+        x = head(inputs, training=training)
+        for stage in stages:
+            x = remat.recompute_grad(lambda t, stage=stage: stage(t, training=training), stage)(x)
+        return tail(x, training=training)
 
     def get_config(self) -> dict:
         return {"config": self.tower_config.to_dict(), "name": self.name,

@@ -75,6 +75,10 @@ class TextTower(keras.Model):
         self.backbone = backbone
         self.tower_config = config
         self.output_dim = config.projection_dim or config.hidden_dim
+        #: Recompute each BERT layer's activations in the backward pass (``training.remat``).
+        self.remat = False
+        for i in range(config.num_layers):
+            _recompute_when_asked(backbone.get_layer(f"transformer_layer_{i}"), self)
 
     def get_config(self) -> dict:
         return {"config": self.tower_config.to_dict(), "name": self.name,
@@ -83,3 +87,18 @@ class TextTower(keras.Model):
     @classmethod
     def from_config(cls, config: dict):
         return cls(**config)
+
+
+def _recompute_when_asked(layer: keras.layers.Layer, tower: TextTower) -> None:
+    """Makes ``layer.call`` recompute its activations in the backward pass while
+    ``tower.remat`` is on (``malign.models.remat``); otherwise it runs as before."""
+    original = layer.call
+
+    def call(inputs, *args, **kwargs):
+        if not tower.remat:
+            return original(inputs, *args, **kwargs)
+        from malign.models import remat
+
+        return remat.recompute_grad(lambda x: original(x, *args, **kwargs), layer)(inputs)
+
+    layer.call = call

@@ -159,6 +159,11 @@ class Distiller(StrategyFitMixin, keras.Model):
             return self.teacher.temperature
         return tf.constant(self.teacher_temperature_value, tf.float32)
 
+    def trained_outputs(self, x) -> dict:
+        """Gradient caching's replay: the student's embeddings only (the teacher's were
+        computed in the embedding pass and get no gradient)."""
+        return self.student(x, training=True)
+
     # -- forward -----------------------------------------------------------------------
     def call(self, inputs: dict, training: bool = False) -> dict:
         out = self.student(inputs, training=training)

@@ -248,6 +248,7 @@ def fit_experiment(
     try:
         with _Timed("building the model", label) as timed, strategy.scope():
             model = job.build_model(plan)
+            model.configure_steps(cfg.micro_batch_size, cfg.remat, cfg.sigmoid_chunked)
             model.compile(optimizer=make_optimizer(cfg),
                           jit_compile=resolve_jit_compile(cfg, strategy))
             timed.detail = f" ({count_params(job.saved_model(model)):,} weights)"

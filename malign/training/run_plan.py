@@ -214,7 +214,13 @@ def prepare_run(experiment: ExperimentConfig, workdir: str | os.PathLike) -> Run
         strategy = distributed.get_strategy(cfg.strategy)
     except ValueError as error:
         raise ConfigError(f"training.strategy: {error}") from None
-    distributed.check_global_batch(cfg.global_batch_size, strategy)
+    per_replica = distributed.check_global_batch(cfg.global_batch_size, strategy)
+    if cfg.micro_batch_size and per_replica % cfg.micro_batch_size:
+        raise ConfigError(
+            f"training.micro_batch_size={cfg.micro_batch_size} must divide the per-replica "
+            f"batch: training.global_batch_size={cfg.global_batch_size} over "
+            f"{strategy.num_replicas_in_sync} replicas is {per_replica} each; use a divisor "
+            f"of {per_replica}")
     # Start the runtime now, so its start-up messages come before the progress lines.
     tf.config.list_logical_devices()
     data = resolved.data

@@ -1,0 +1,188 @@
+"""Gradient caching: a contrastive step over a batch larger than activation memory allows.
+
+With ``training.micro_batch_size`` each replica's batch is split into ``k`` micro-batches
+and one training step runs in three parts (GradCache, Gao et al. 2021, "Scaling Deep
+Contrastive Learning Batch Size under Memory Limited Setup", arXiv:2101.06983; open_clip's
+two-pass accumulation):
+
+1. **embed**: every micro-batch goes through the towers without a gradient tape, so no
+   activation is kept; only the embeddings [b, D] are;
+2. **loss**: the model's loss over the whole batch (the global batch: the losses gather the
+   other replicas' embeddings, ``malign.distributed``) is differentiated with respect to
+   the embeddings and to the variables used after the towers (temperature, logit bias,
+   the Distiller's linear maps);
+3. **replay**: each micro-batch runs again under a tape and its embedding gradients are
+   back-propagated (``tape.gradient(..., output_gradients=...)``); the towers' gradients
+   are summed over micro-batches and applied once, with the loss's, by the optimizer.
+
+The sum is exactly the gradient of the whole-batch loss, because the loss couples the
+examples only through their embeddings. Memory holds the activations of one micro-batch
+at a time: micro-batches run in order (each waits for the previous one), not side by side.
+
+The replay draws the same randomness as the embedding pass: the model's ``SeedGenerator``
+states (dropout, stochastic depth) are set back to their values before the micro-batch's
+first pass (``malign.models.remat.snapshot``/``restore``). Batch norm in training mode
+normalises each micro-batch with its own statistics (ghost batch norm, Hoffer et al. 2017)
+and moves the moving statistics once per micro-batch; the replay's update is undone.
+A micro-batched step therefore equals the whole-batch step exactly when batch norm is
+frozen (``model.image.freeze_batch_norm``) or absent.
+
+Example:
+    >>> model = AlignModel.from_preset("tiny")  # doctest: +SKIP
+    >>> model.configure_steps(micro_batch_size=4)  # doctest: +SKIP
+    >>> model.compile(optimizer="sgd"); model.fit(ds, steps_per_epoch=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras.src.losses import loss as keras_loss
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from malign.models.remat import batch_norm_statistics, random_state_variables, restore, snapshot
+
+__all__ = ["micro_batches", "micro_batch_count", "train_step"]
+
+
+def micro_batch_count(batch_size: int | None, micro_batch_size: int) -> int:
+    """The number of micro-batches of a replica's batch.
+
+    Args:
+        batch_size: the static per-replica batch size (None when unknown).
+        micro_batch_size: examples per micro-batch (> 0).
+
+    Raises:
+        ValueError: when the batch size is unknown (a dataset batched without
+            ``drop_remainder``) or not a multiple of ``micro_batch_size``, naming
+            ``training.micro_batch_size``.
+
+    Example:
+        >>> micro_batch_count(16, 4)
+        4
+    """
+    if batch_size is None:
+        raise ValueError("training.micro_batch_size needs a static per-replica batch size: "
+                         "batch the dataset with drop_remainder=True")
+    if micro_batch_size < 1 or batch_size % micro_batch_size:
+        raise ValueError(f"training.micro_batch_size={micro_batch_size} must divide the "
+                         f"per-replica batch of {batch_size} examples")
+    return batch_size // micro_batch_size
+
+
+def micro_batches(x, count: int) -> list:
+    """Splits every tensor of the nested batch ``x`` into ``count`` equal consecutive parts.
+
+    Example:
+        >>> [p["a"].shape[0] for p in micro_batches({"a": tf.zeros((6, 2))}, 3)]
+        [2, 2, 2]
+    """
+    size = _batch_size(x) // count
+    return [tf.nest.map_structure(lambda t, i=i: t[i * size:(i + 1) * size], x)
+            for i in range(count)]
+
+
+def _batch_size(x) -> int | None:
+    return tf.nest.flatten(x)[0].shape[0]
+
+
+def _after(previous: list, x):
+    """``x``, made to wait for ``previous`` (so micro-batches run one after the other)."""
+    tensors = []
+    for item in previous:
+        if isinstance(item, tf.IndexedSlices):
+            tensors.append(item.values)
+        elif item is not None:
+            tensors.append(item)
+    if not tensors:
+        return x
+    with tf.control_dependencies(tensors):
+        return tf.nest.map_structure(tf.identity, x)
+
+
+def _add(a, b):
+    """The sum of two gradients of one variable (None, dense or IndexedSlices)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0),
+                                tf.concat([a.indices, b.indices], 0), a.dense_shape)
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+def train_step(model: keras.Model, data, micro_batch_size: int) -> dict:
+    """One optimizer step of ``model`` on ``data`` by gradient caching (module docstring).
+
+    The model provides:
+
+    - ``micro_batch_outputs(x)``: the outputs of the embedding pass (training mode), a dict
+      holding at least the keys of ``trained_outputs``;
+    - ``trained_outputs(x)``: the outputs to differentiate, a dict of [b, D] tensors;
+    - ``compute_loss(x, y, y_pred, ...)``: the loss of the whole batch from ``y_pred``,
+      scaled for the replicas (as for Keras' own step).
+
+    Args:
+        model: an ``AlignModel`` or ``Distiller`` (compiled).
+        data: one replica's batch, as Keras passes it to ``train_step``.
+        micro_batch_size: examples per micro-batch; divides the replica's batch.
+
+    Returns:
+        The step's logs (``model.compute_metrics``), as Keras' ``train_step`` returns them.
+
+    Raises:
+        ValueError: see ``micro_batch_count``.
+    """
+    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+    batch = _batch_size(x)
+    count = micro_batch_count(batch, micro_batch_size)
+    parts = micro_batches(x, count)
+    seeds = random_state_variables(model)
+    statistics = batch_norm_statistics(model)
+
+    # 1. Embed without a tape, remembering each micro-batch's random state.
+    starts, outputs, previous = [], [], []
+    for part in parts:
+        part = _after(previous, part)
+        starts.append(snapshot(seeds))
+        out = {key: tf.stop_gradient(value)
+               for key, value in model.micro_batch_outputs(part).items()}
+        outputs.append(out)
+        previous = list(out.values())
+    ends = snapshot(seeds)
+    y_pred = {key: tf.concat([out[key] for out in outputs], axis=0) for key in outputs[0]}
+
+    # 2. The whole batch's loss: gradients for the embeddings and the loss's own variables.
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        embeddings = {key: y_pred[key] for key in model.trained_output_keys}
+        tape.watch(list(embeddings.values()))
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                   training=True)
+        model._loss_tracker.update_state(keras_loss.unscale_loss_for_distribution(loss),
+                                         sample_weight=batch)
+        scaled = model.optimizer.scale_loss(loss)
+    embedding_grads, grads = tape.gradient(scaled, (embeddings, variables))
+    moved = snapshot(statistics)
+
+    # 3. Replay each micro-batch with the tape; back-propagate its embeddings' gradients.
+    grads = list(grads)
+    previous = list(embedding_grads.values())
+    for i, part in enumerate(parts):
+        part = _after(previous, part)
+        restore(seeds, starts[i])
+        with tf.GradientTape() as tape:
+            out = model.trained_outputs(part)
+        keys = list(embeddings)
+        upstream = [embedding_grads[key][i * micro_batch_size:(i + 1) * micro_batch_size]
+                    for key in keys]
+        part_grads = tape.gradient([out[key] for key in keys], variables,
+                                   output_gradients=upstream)
+        grads = [_add(a, b) for a, b in zip(grads, part_grads)]
+        previous = [g for g in part_grads if g is not None]
+    restore(seeds, ends)
+    restore(statistics, moved)
+
+    model.optimizer.apply_gradients(zip(grads, variables))
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
