@@ -160,6 +160,13 @@ def test_config_hash_ignores_steps_and_nonfinite_only():
     other = ExperimentConfig(training=TrainingConfig(steps=20, learning_rate=0.5))
     assert restore_points.config_sha256(base) == restore_points.config_sha256(same)
     assert restore_points.config_sha256(base) != restore_points.config_sha256(other)
+    # A field a newer malign adds (at its default) leaves the hash as it was: a run started
+    # before an upgrade still resumes. Changing it from its default is a change.
+    assert restore_points._without_defaults(
+        {"training": {"lr": 1, "new_field": None}}, {"training": {"lr": 2, "new_field": None}}
+    ) == {"training": {"lr": 1}}
+    remat = ExperimentConfig(training=TrainingConfig(steps=20, remat=True))
+    assert restore_points.config_sha256(base) != restore_points.config_sha256(remat)
 
 
 def test_nonfinite_setting_is_validated():

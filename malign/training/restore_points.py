@@ -79,16 +79,26 @@ class Preempted(Exception):
         self.path = path
 
 
+def _without_defaults(data: Any, default: Any) -> Any:
+    """``data`` without the (nested) dict entries equal to ``default``'s."""
+    if not isinstance(data, dict) or not isinstance(default, dict):
+        return data
+    return {key: _without_defaults(value, default[key]) if key in default else value
+            for key, value in data.items() if key not in default or value != default[key]}
+
+
 def config_sha256(experiment) -> str:
     """SHA-256 of the resolved config without ``training.steps`` (which may grow) and
-    ``training.nonfinite`` (which a resumed run may change).
+    ``training.nonfinite`` (which a resumed run may change). Fields at their default value
+    are left out, so a field added by a newer malign (at its default) does not make the
+    restore points of a run started before refuse it.
 
     Example:
         >>> from malign.config import ExperimentConfig
         >>> len(config_sha256(ExperimentConfig()))
         64
     """
-    data = experiment.to_dict()
+    data = _without_defaults(experiment.to_dict(), type(experiment)().to_dict())
     data.get("training", {}).pop("steps", None)
     data.get("training", {}).pop("nonfinite", None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
