@@ -6,8 +6,11 @@ import pytest
 from image_bytes import png_bytes
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tokenizer():
+    """A fresh tokenizer per test: ``keras.utils.set_random_seed`` (called by other test
+    files in the same xdist worker) clears TensorFlow's eager kernel cache and with it the
+    SentencePiece resource of a tokenizer made before it."""
     import malign.text
 
     return malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), sequence_length=16)
