@@ -6,10 +6,10 @@ import pytest
 from image_bytes import png_bytes
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tokenizer():
-    """A fresh tokenizer per test: ``keras.utils.set_random_seed`` (called by other test
-    files in the same xdist worker) clears TensorFlow's eager kernel cache and with it the
+    """A tokenizer per test module (hypothesis refuses function-scoped fixtures):
+    ``keras.utils.set_random_seed`` (called by other test files in the same process) clears TensorFlow's eager kernel cache and with it the
     SentencePiece resource of a tokenizer made before it."""
     import malign.text
 
