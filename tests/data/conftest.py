@@ -8,9 +8,12 @@ from image_bytes import png_bytes
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A tokenizer per test module (hypothesis refuses function-scoped fixtures):
-    ``keras.utils.set_random_seed`` (called by other test files in the same process) clears TensorFlow's eager kernel cache and with it the
-    SentencePiece resource of a tokenizer made before it."""
+    """A tokenizer per test module (hypothesis refuses function-scoped fixtures).
+
+    ``keras.utils.set_random_seed``, called by other test files in the same process, clears
+    TensorFlow's eager kernel cache and with it the SentencePiece resource of a tokenizer
+    made before it.
+    """
     import malign.text
 
     return malign.text.SentencePieceTokenizer(malign.text.test_vocab_path(), sequence_length=16)
