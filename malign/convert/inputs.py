@@ -97,9 +97,9 @@ def check_vocabulary(path: str | os.PathLike, vocabulary_size: int | None = None
     except UnicodeDecodeError as error:
         raise ConversionError(f"{path}: not UTF-8 text (byte {error.start}); the file is "
                               f"damaged: {_REDOWNLOAD}") from None
-    tokens = [line.rstrip("\r") for line in text.split("\n")]
-    if tokens and tokens[-1] == "":
-        tokens.pop()
+    from malign.text.tokenizers import vocabulary_lines
+
+    tokens = vocabulary_lines(text)
     if not tokens:
         raise ConversionError(f"{path}: is empty; a WordPiece vocabulary has one token a line "
                               f"({_REDOWNLOAD})")

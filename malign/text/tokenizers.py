@@ -444,9 +444,7 @@ class WordPieceTokenizer(_PackedTokenizer):
             except UnicodeDecodeError as error:
                 raise ValueError(f"WordPiece vocabulary {source} is not UTF-8 text (byte "
                                  f"{error.start}); it is damaged or not a vocab.txt") from None
-            tokens = [line.rstrip("\r") for line in text.split("\n")]
-            if tokens and tokens[-1] == "":
-                tokens.pop()
+            tokens = vocabulary_lines(text)
         else:
             source, tokens = "given as a list", [str(t) for t in vocabulary]
         index = {}
@@ -665,3 +663,16 @@ def tokenizer_from_file(
             f"{max_vocabulary_size}: it is not the tokenizer this model was trained with"
         )
     return tokenizer
+
+
+def vocabulary_lines(text: str) -> list[str]:
+    """The tokens of a ``vocab.txt`` text: one a line (``\n`` or ``\r\n``), no final empty line.
+
+    Example:
+        >>> vocabulary_lines("[PAD]\r\nhello\n")
+        ['[PAD]', 'hello']
+    """
+    tokens = [line.rstrip("\r") for line in text.split("\n")]
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    return tokens
