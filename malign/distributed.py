@@ -109,6 +109,24 @@ def get_strategy(spec: str = "default", tpu: str | None = None) -> tf.distribute
     return _STRATEGIES[key]
 
 
+def _mirrored(devices: list[str] | None) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy whose collective group keys no earlier one in this process used.
+
+    Every MirroredStrategy numbers its collective groups from ``1 + _collective_key_base``;
+    two over different device counts (``cpu:2`` then ``cpu:4``) would both use group 1,
+    and the second fails at its first batch-norm all-reduce ("joining a group with size4,
+    but that group has size 2 (group_key=1)"). Each one malign makes starts 100,000 keys
+    after the previous (as TensorFlow's own ``strategy_combinations`` does for its tests).
+    """
+    global _KEY_BASE
+    _KEY_BASE += 100_000
+    tf.distribute.MirroredStrategy._collective_key_base = _KEY_BASE
+    return tf.distribute.MirroredStrategy(devices)
+
+
+_KEY_BASE = 0
+
+
 def _make_strategy(spec: str, tpu: str | None) -> tf.distribute.Strategy:
     if spec.startswith("cpu:"):
         try:
@@ -116,10 +134,10 @@ def _make_strategy(spec: str, tpu: str | None) -> tf.distribute.Strategy:
         except ValueError:
             raise ValueError(f"strategy spec {spec!r}: expected cpu:N with an integer N") from None
         devices = configure_logical_cpus(n)
-        return tf.distribute.MirroredStrategy([d.name for d in devices[:n]])
+        return _mirrored([d.name for d in devices[:n]])
     if spec == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.MirroredStrategy([d.name for d in gpus] or None)
+        return _mirrored([d.name for d in gpus] or None)
     if spec == "multiworker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable "

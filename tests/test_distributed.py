@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -190,3 +191,32 @@ def test_two_workers_equal_single_device(reference, tmp_path):
         result.pop("__task__")
         assert abs(loss - reference["fit_loss"]) <= 1e-5
         _assert_weights_equal(result, reference["weights"])
+
+
+def test_strategies_of_different_sizes_in_one_process():
+    """cpu:2 then cpu:4 in one process: both all-reduce (they used to share group key 1
+    and the second failed, "joining a group with size4, but that group has size 2")."""
+    code = textwrap.dedent("""
+        import tensorflow as tf
+        from malign import distributed
+
+        distributed.configure_logical_cpus(4)
+
+        def total(spec):
+            strategy = distributed.get_strategy(spec)
+
+            @tf.function
+            def step():
+                ctx = tf.distribute.get_replica_context()
+                return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.ones([3]))
+
+            out = strategy.run(step)
+            return float(strategy.experimental_local_results(out)[0][0])
+
+        print("TOTALS", total("cpu:2"), total("cpu:4"))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parents[1],
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TOTALS 2.0 4.0" in proc.stdout, proc.stdout
