@@ -109,7 +109,8 @@ def _inputs(batch: int, image_size: int, sequence_length: int,
               .astype(np.float32) / 255.0)
     lengths = rng.integers(3, sequence_length + 1, (batch, 1))
     positions = np.arange(sequence_length)[None, :]
-    ids = rng.integers(1000, vocabulary_size, (batch, sequence_length))
+    # ids above BERT's special tokens ([unusedN], [UNK] 100, [CLS] 101, [SEP] 102, ...)
+    ids = rng.integers(min(1000, vocabulary_size // 2), vocabulary_size, (batch, sequence_length))
     ids = np.where(positions == 0, 101, ids)               # [CLS]
     ids = np.where(positions == lengths - 1, 102, ids)     # [SEP]
     mask = (positions < lengths).astype(np.int32)
