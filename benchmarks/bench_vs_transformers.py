@@ -15,6 +15,9 @@ neither warms the other's caches or gets a quieter slice of a shared machine:
   ``AlignModel(..., return_loss=True)``, ``loss.backward()``, ``torch.optim.AdamW``
   (``fused=True``: the transformers ``Trainer``'s default optimizer with torch >= 2.8,
   the same betas, epsilon and weight decay); no gradient clipping on either side.
+- ``image-grad`` / ``text-grad`` (diagnostic, to see where a training step goes): one
+  tower's forward in training mode and backward of a fixed linear function of its L2-normalised
+  embedding (gradients of all its trainable weights; no optimizer, no loss across towers).
 - ``image`` / ``text``: embedding throughput (inference) of each tower: malign's
   ``embed_image`` / ``embed_text`` in one ``tf.function`` (as ``malign.evaluation``
   embeds); transformers' ``get_image_features`` / ``get_text_features`` under
@@ -62,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULT_PREFIX = "RESULT "
 SIDES = ("malign", "transformers")
-MODES = ("train", "image", "text")
+MODES = ("train", "image", "text", "image-grad", "text-grad")
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH = 4
 # transformers AlignVisionConfig's B0 stage table (also its default), with B-variant scaling.
@@ -140,6 +143,13 @@ class ContentionMeter:
         wall = time.perf_counter() - self.wall
         own = time.process_time() - self.own
         return max(0.0, (cpu_busy_seconds() - self.busy - own) / wall)
+
+
+def _gradient_target(batch: int, dim: int):
+    """A fixed [batch, dim] float32 direction; the grad modes back-propagate its dot product."""
+    import numpy as np
+
+    return np.random.default_rng([7, batch, dim]).standard_normal((batch, dim)).astype(np.float32)
 
 
 def _summary(step_times: list[float], batch: int, meter: ContentionMeter) -> dict:
@@ -265,6 +275,22 @@ def torch_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: in
             loss.backward()
             optimizer.step()
             times.append(time.perf_counter() - start)
+    elif mode.endswith("-grad"):
+        model.train()
+        target = torch.from_numpy(_gradient_target(batch, model.config.projection_dim))
+        for step in range(warmup + steps):
+            if step == warmup:
+                meter.start()
+            start = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            if mode == "image-grad":
+                features = model.get_image_features(pixel_values=inputs["pixel_values"])
+            else:
+                features = model.get_text_features(input_ids=inputs["input_ids"],
+                                                   attention_mask=inputs["attention_mask"])
+            embeddings = torch.nn.functional.normalize(features.pooler_output, dim=-1)
+            (embeddings * target).sum().backward()
+            times.append(time.perf_counter() - start)
     else:
         model.eval()
         for step in range(warmup + steps):
@@ -345,6 +371,34 @@ def malign_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: i
 
         model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[StepTimer()],
                   verbose=0)
+    elif mode.endswith("-grad"):
+        image = mode == "image-grad"
+        tower = model.image_tower if image else model.text_tower
+        variables = tower.trainable_variables
+        target = tf.constant(_gradient_target(batch, model.embedding_dim))
+
+        @tf.function
+        def gradients(*args):
+            with tf.GradientTape() as tape:
+                if image:
+                    embeddings = model.embed_image(args[0], training=True)
+                else:
+                    embeddings = model.embed_text({"token_ids": args[0], "padding_mask": args[1]},
+                                                  training=True)
+                loss = tf.reduce_sum(embeddings * target)
+            grads = tape.gradient(loss, variables)
+            # One number that depends on every gradient, so none is pruned.
+            return tf.add_n([tf.reduce_sum(g.values if isinstance(g, tf.IndexedSlices) else g)
+                             for g in grads if g is not None])
+
+        args = ((tf.constant(arrays["images"]),) if image else
+                (tf.constant(arrays["token_ids"]), tf.constant(arrays["padding_mask"])))
+        for step in range(warmup + steps):
+            if step == warmup:
+                meter.start()
+            start = time.perf_counter()
+            gradients(*args).numpy()
+            times.append(time.perf_counter() - start)
     else:
         # As malign.evaluation.embedding embeds: one tf.function per tower, inference mode.
         if mode == "image":
