@@ -37,15 +37,22 @@ Configurations (``--configs``):
 - ``b``: EfficientNet-B3 width/depth (1.2 / 1.4) at 224 px + BERT-base, 64 tokens, batch 16.
 - ``base``: ``kakaobrain/align-base``'s architecture (EfficientNet-B7 width 2.0 / depth
   3.1 at 289 px + BERT-base, 64 tokens; ``tests/fixtures/align_base_layout/config.json``),
-  batch 8; embedding modes only by default (training it takes minutes a step here).
+  batch 8; run it with ``--modes image,text`` (a training step of it is slow on a CPU).
 
 transformers and torch are benchmark-only extras (``pip install -e .[bench]``); the torch
 side may run under another Python (``--torch-python``), e.g. a venv of its own.
 
+The machine must be quiet: with another process on one of two cores, torch's OpenMP
+threads wait for each other at every parallel region and a transformers step took 5 to 10x
+as long (malign's lost about 30%). Each measurement therefore reports the CPU that other
+processes used during its timed steps, and ``--quiet-wait`` waits before each process for
+them to drop below ``--quiet-cores``.
+
 Usage:
     python benchmarks/bench_vs_transformers.py --torch-python /work/benchvenv/bin/python \\
-        --configs a --modes train,image,text --repeats 5 --write
+        --configs a --modes train,image,text --repeats 5 --quiet-wait 60 --write
     python benchmarks/bench_vs_transformers.py --configs base --modes image,text --repeats 3
+    python benchmarks/bench_vs_transformers.py --configs a --modes image-grad,text-grad
 """
 
 from __future__ import annotations
