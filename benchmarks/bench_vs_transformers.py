@@ -44,7 +44,7 @@ side may run under another Python (``--torch-python``), e.g. a venv of its own.
 
 The machine must be quiet: with another process on one of two cores, torch's OpenMP
 threads wait for each other at every parallel region and a transformers step took 5 to 10x
-as long (malign's lost about 30%). Each measurement therefore reports the CPU that other
+as long (malign's 1.3 to 1.5x). Each measurement therefore reports the CPU that other
 processes used during its timed steps, and ``--quiet-wait`` waits before each process for
 them to drop below ``--quiet-cores``.
 
