@@ -257,6 +257,31 @@ def torch_make_checkpoint(spec: dict, directory: Path) -> dict:
             "embedding_dim": int(out.image_embeds.shape[-1])}
 
 
+def _time_steps(step, warmup: int, steps: int, meter) -> list[float]:
+    """Runs ``step()`` ``warmup + steps`` times; the seconds of each run (the meter starts
+    at the first timed one)."""
+    times = []
+    for i in range(warmup + steps):
+        if i == warmup:
+            meter.start()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _torch_features(model, mode: str, inputs: dict):
+    """The transformers model's L2-normalised embeddings of the tower ``mode`` names."""
+    import torch
+
+    if mode.startswith("image"):
+        features = model.get_image_features(pixel_values=inputs["pixel_values"])
+    else:
+        features = model.get_text_features(input_ids=inputs["input_ids"],
+                                           attention_mask=inputs["attention_mask"])
+    return torch.nn.functional.normalize(features.pooler_output, dim=-1)
+
+
 def torch_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: int,
                   steps: int, threads: int | None = None) -> dict:
     torch = _torch_setup(threads)
@@ -268,51 +293,35 @@ def torch_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: in
     arrays = _inputs(batch, _image_size(config), spec["sequence_length"],
                      config.text_config.vocab_size)
     inputs = _torch_inputs(torch, arrays)
-    times, meter = [], ContentionMeter()
+    meter = ContentionMeter()
     if mode == "train":
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6,
                                       weight_decay=1e-5, fused=True)
-        for step in range(warmup + steps):
-            if step == warmup:
-                meter.start()
-            start = time.perf_counter()
+
+        def step():
             optimizer.zero_grad(set_to_none=True)
-            loss = model(**inputs, return_loss=True).loss
-            loss.backward()
+            model(**inputs, return_loss=True).loss.backward()
             optimizer.step()
-            times.append(time.perf_counter() - start)
+
+        times = _time_steps(step, warmup, steps, meter)
     elif mode.endswith("-grad"):
         model.train()
         target = torch.from_numpy(_gradient_target(batch, model.config.projection_dim))
-        for step in range(warmup + steps):
-            if step == warmup:
-                meter.start()
-            start = time.perf_counter()
+
+        def step():
             model.zero_grad(set_to_none=True)
-            if mode == "image-grad":
-                features = model.get_image_features(pixel_values=inputs["pixel_values"])
-            else:
-                features = model.get_text_features(input_ids=inputs["input_ids"],
-                                                   attention_mask=inputs["attention_mask"])
-            embeddings = torch.nn.functional.normalize(features.pooler_output, dim=-1)
-            (embeddings * target).sum().backward()
-            times.append(time.perf_counter() - start)
+            (_torch_features(model, mode, inputs) * target).sum().backward()
+
+        times = _time_steps(step, warmup, steps, meter)
     else:
         model.eval()
-        for step in range(warmup + steps):
-            if step == warmup:
-                meter.start()
-            start = time.perf_counter()
+
+        def step():
             with torch.inference_mode():
-                if mode == "image":
-                    features = model.get_image_features(pixel_values=inputs["pixel_values"])
-                else:
-                    features = model.get_text_features(input_ids=inputs["input_ids"],
-                                                       attention_mask=inputs["attention_mask"])
-                embeddings = torch.nn.functional.normalize(features.pooler_output, dim=-1)
-                embeddings.numpy()
-            times.append(time.perf_counter() - start)
+                _torch_features(model, mode, inputs).numpy()
+
+        times = _time_steps(step, warmup, steps, meter)
     return {**_summary(times[warmup:], batch, meter),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "threads": torch.get_num_threads()}
@@ -400,12 +409,7 @@ def malign_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: i
 
         args = ((tf.constant(arrays["images"]),) if image else
                 (tf.constant(arrays["token_ids"]), tf.constant(arrays["padding_mask"])))
-        for step in range(warmup + steps):
-            if step == warmup:
-                meter.start()
-            start = time.perf_counter()
-            gradients(*args).numpy()
-            times.append(time.perf_counter() - start)
+        times = _time_steps(lambda: gradients(*args).numpy(), warmup, steps, meter)
     else:
         # As malign.evaluation.embedding embeds: one tf.function per tower, inference mode.
         if mode == "image":
@@ -415,12 +419,7 @@ def malign_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: i
             fn = tf.function(lambda ids, mask: model.embed_text(
                 {"token_ids": ids, "padding_mask": mask}, training=False), reduce_retracing=True)
             args = (tf.constant(arrays["token_ids"]), tf.constant(arrays["padding_mask"]))
-        for step in range(warmup + steps):
-            if step == warmup:
-                meter.start()
-            start = time.perf_counter()
-            fn(*args).numpy()
-            times.append(time.perf_counter() - start)
+        times = _time_steps(lambda: fn(*args).numpy(), warmup, steps, meter)
     return {**_summary(times[warmup:], batch, meter), "versions": {"tensorflow": tf.__version__,
                                                             "keras": keras.__version__}}
 

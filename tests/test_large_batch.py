@@ -3,11 +3,6 @@ give the gradients of the plain global-batch step (issue 14)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -22,13 +17,6 @@ from malign.presets import get_preset
 from malign.training import grad_cache
 
 GLOBAL_BATCH = 16
-#: In-process cpu:4 strategies collide with other files' strategies in one xdist worker
-#: (stale collectives): these tests run in a process of their own (``test_cpu4_...``).
-ISOLATED = os.environ.get("MALIGN_TEST_ISOLATED") == "1"
-OWN_PROCESS = pytest.mark.skipif(not ISOLATED, reason="cpu:4: run in its own process by "
-                                 "test_cpu4_tests_in_their_own_process")
-CPU4_TESTS = ("test_micro_batches_equal_the_plain_step[cpu:4-2]",
-              "test_chunked_sigmoid_equals_gathered_on_four_replicas")
 LR = 0.5
 TOL = 1e-5
 
@@ -83,8 +71,7 @@ def frozen_reference():
 
 
 # cpu:4: 4 examples per replica as 2 micro-batches of 2; one device: 16 as 2 x 8.
-@pytest.mark.parametrize("spec,micro", [("default", 8),
-                                        pytest.param("cpu:4", 2, marks=OWN_PROCESS)])
+@pytest.mark.parametrize("spec,micro", [("default", 8), ("cpu:4", 2)])
 def test_micro_batches_equal_the_plain_step(frozen_reference, spec, micro):
     ref = frozen_reference
     strategy = _strategy(spec)
@@ -201,7 +188,6 @@ def _embeddings(n: int, d: int, seed: int):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-@OWN_PROCESS
 def test_chunked_sigmoid_equals_gathered_on_four_replicas():
     """cpu:4: the loss summed over replicas and every gradient (images, texts,
     temperature, bias) equal the all-gather implementation's."""
@@ -342,15 +328,3 @@ def test_train_command_with_every_large_batch_tool(tmp_path):
     assert (training["micro_batch_size"], training["remat"], training["sigmoid_chunked"]) == (
         2, True, True)
 
-
-@pytest.mark.skipif(ISOLATED, reason="the runner of the isolated tests")
-def test_cpu4_tests_in_their_own_process():
-    """The cpu:4 tests above, in a fresh Python process (one pytest, no xdist)."""
-    here = Path(__file__)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         *[f"{here}::{name}" for name in CPU4_TESTS]],
-        capture_output=True, text=True, timeout=900, cwd=here.parents[1],
-        env={**os.environ, "MALIGN_TEST_ISOLATED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert f"{len(CPU4_TESTS)} passed" in proc.stdout, proc.stdout[-2000:]
