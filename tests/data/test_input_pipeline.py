@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from image_bytes import corrupt_body_jpeg, jpeg_bytes, png_bytes
 
+from malign import distributed
 from malign.data import DropCounter, make_dataset, read_eval_split
 from malign.data.schema import ImageTextExample
 from malign.data.writer import RecordWriter
@@ -94,7 +95,7 @@ def test_input_context_splits_the_data(numbered_records, tokenizer, shards):
 
 
 def test_distribute_datasets_from_function(numbered_records, tokenizer):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distributed.get_strategy("cpu:2")
     dist = strategy.distribute_datasets_from_function(
         lambda ctx: make_dataset(numbered_records[4], tokenizer, 24, 8, input_context=ctx,
                                  seed=0))
