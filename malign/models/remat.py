@@ -123,11 +123,17 @@ def recompute_grad(fn: Callable[[tf.Tensor], tf.Tensor],
                 variables = list(variables or [])
                 moved = snapshot(statistics)
                 restore(seeds, before)
+                # The recomputation must wait for the incoming gradient: without this
+                # dependency the executor may run it as soon as ``x`` exists (during the
+                # forward pass), keeping every activation alive, and Grappler may merge it
+                # with the forward pass's identical ops.
+                with tf.control_dependencies(tf.nest.flatten(dy)):
+                    x_again = tf.identity(x)
                 with tf.GradientTape() as tape:
-                    tape.watch(x)
+                    tape.watch(x_again)
                     tape.watch(variables)
-                    y_again = fn(x)
-                grads = tape.gradient(y_again, [x] + variables, output_gradients=dy,
+                    y_again = fn(x_again)
+                grads = tape.gradient(y_again, [x_again] + variables, output_gradients=dy,
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 restore(seeds, after)
                 restore(statistics, moved)
