@@ -109,6 +109,26 @@ def _one_tape_step(strategy, model, batch, micro):
     return flat_weights(model)
 
 
+def _traced_op_count(model, micro: int) -> int:
+    """Ops of gradient caching's traced step, the loops' bodies included."""
+    batch = make_batch(GLOBAL_BATCH)
+    step = tf.function(lambda x: grad_cache.train_step(model, x, micro))
+    specs = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in batch.items()}
+    graph_def = step.get_concrete_function(specs).graph.as_graph_def()
+    return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
+
+
+def test_micro_batch_loop_keeps_the_traced_step_size_fixed():
+    """Micro-batches 1..k-1 run in a ``tf.while_loop``: the traced step of 8 micro-batches
+    has as many ops as that of 2 (an unrolled loop holds 2k copies of the towers)."""
+    keras.utils.set_random_seed(3)
+    model = _model(_strategy("default"), freeze_batch_norm=True)
+    model.optimizer.build(model.trainable_variables)
+    assert grad_cache.loops_over_micro_batches(model)
+    assert _traced_op_count(model, GLOBAL_BATCH // 8) == _traced_op_count(model,
+                                                                           GLOBAL_BATCH // 2)
+
+
 @pytest.mark.parametrize("spec,micro", [
     ("default", 8), pytest.param("cpu:4", 2, marks=pytest.mark.slow)])
 def test_micro_batches_with_dropout_replay_the_same_masks(spec, micro):

@@ -42,7 +42,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from malign.models.remat import batch_norm_statistics, random_state_variables, restore, snapshot
 
-__all__ = ["micro_batches", "micro_batch_count", "train_step"]
+__all__ = ["loops_over_micro_batches", "micro_batches", "micro_batch_count", "train_step"]
 
 
 def micro_batch_count(batch_size: int | None, micro_batch_size: int) -> int:
@@ -112,6 +112,24 @@ def _add(a, b):
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
+def loops_over_micro_batches(model: keras.Model) -> bool:
+    """Whether the micro-batches run in a ``tf.while_loop`` (True) or unrolled (False).
+
+    The loop keeps the traced step's size independent of the number of micro-batches
+    (one copy of each tower per pass, plus the first micro-batch's). Synchronized batch
+    norm in training mode under a MirroredStrategy (or MultiWorkerMirroredStrategy) of
+    several replicas all-reduces its statistics through ``merge_call``, which cannot run
+    inside a loop body; that case is unrolled. TPUStrategy all-reduces inside loops.
+    """
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1 or isinstance(
+            strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        return True
+    return not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                   and layer.synchronized
+                   for layer in model._flatten_layers(include_self=True, recursive=True))
+
+
 def train_step(model: keras.Model, data, micro_batch_size: int) -> dict:
     """One optimizer step of ``model`` on ``data`` by gradient caching (module docstring).
 
@@ -137,21 +155,13 @@ def train_step(model: keras.Model, data, micro_batch_size: int) -> dict:
     x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
     batch = _batch_size(x)
     count = micro_batch_count(batch, micro_batch_size)
-    parts = micro_batches(x, count)
     seeds = random_state_variables(model)
     statistics = batch_norm_statistics(model)
+    passes = _LoopedPasses if count > 1 and loops_over_micro_batches(model) else _UnrolledPasses
+    passes = passes(model, x, count, seeds)
 
     # 1. Embed without a tape, remembering each micro-batch's random state.
-    starts, outputs, previous = [], [], []
-    for part in parts:
-        part = _after(previous, part)
-        starts.append(snapshot(seeds))
-        out = {key: tf.stop_gradient(value)
-               for key, value in model.micro_batch_outputs(part).items()}
-        outputs.append(out)
-        previous = list(out.values())
-    ends = snapshot(seeds)
-    y_pred = {key: tf.concat([out[key] for out in outputs], axis=0) for key in outputs[0]}
+    y_pred = passes.embed()
 
     # 2. The whole batch's loss: gradients for the embeddings and the loss's own variables.
     variables = model.trainable_variables
@@ -167,22 +177,142 @@ def train_step(model: keras.Model, data, micro_batch_size: int) -> dict:
     moved = snapshot(statistics)
 
     # 3. Replay each micro-batch with the tape; back-propagate its embeddings' gradients.
-    grads = list(grads)
-    previous = list(embedding_grads.values())
-    for i, part in enumerate(parts):
-        part = _after(previous, part)
-        restore(seeds, starts[i])
-        with tf.GradientTape() as tape:
-            out = model.trained_outputs(part)
-        keys = list(embeddings)
-        upstream = [embedding_grads[key][i * micro_batch_size:(i + 1) * micro_batch_size]
-                    for key in keys]
-        part_grads = tape.gradient([out[key] for key in keys], variables,
-                                   output_gradients=upstream)
-        grads = [_add(a, b) for a, b in zip(grads, part_grads)]
-        previous = [g for g in part_grads if g is not None]
-    restore(seeds, ends)
+    tower_grads = passes.replay(embedding_grads, variables)
+    grads = [_add(a, b) for a, b in zip(grads, tower_grads)]
     restore(statistics, moved)
 
     model.optimizer.apply_gradients(zip(grads, variables))
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+class _UnrolledPasses:
+    """The two passes as Python loops: the traced step holds 2k copies of the towers."""
+
+    def __init__(self, model, x, count, seeds):
+        self.model, self.count, self.seeds = model, count, seeds
+        self.parts = micro_batches(x, count)
+        self.size = _batch_size(x) // count
+
+    def embed(self) -> dict:
+        self.starts, outputs, previous = [], [], []
+        for part in self.parts:
+            part = _after(previous, part)
+            self.starts.append(snapshot(self.seeds))
+            out = {key: tf.stop_gradient(value)
+                   for key, value in self.model.micro_batch_outputs(part).items()}
+            outputs.append(out)
+            previous = list(out.values())
+        self.ends = snapshot(self.seeds)
+        return {key: tf.concat([out[key] for out in outputs], axis=0) for key in outputs[0]}
+
+    def replay(self, embedding_grads: dict, variables: list) -> list:
+        grads = [None] * len(variables)
+        previous = list(embedding_grads.values())
+        for i, part in enumerate(self.parts):
+            part_grads = _replay_one(self.model, _after(previous, part), embedding_grads,
+                                     i * self.size, self.size, variables, self.seeds,
+                                     self.starts[i])
+            grads = [_add(a, b) for a, b in zip(grads, part_grads)]
+            previous = [g.values if isinstance(g, tf.IndexedSlices) else g
+                        for g in part_grads if g is not None]
+        restore(self.seeds, self.ends)
+        return grads
+
+
+def _replay_one(model, part, embedding_grads, begin, size, variables, seeds, start) -> list:
+    """The towers' gradients of one micro-batch: its forward pass again, under a tape, with
+    the random state it had in the embedding pass, back-propagating its embeddings'
+    slice ``[begin, begin + size)`` of ``embedding_grads``."""
+    restore(seeds, start)
+    with tf.GradientTape() as tape:
+        out = model.trained_outputs(part)
+    keys = list(embedding_grads)
+    upstream = [embedding_grads[key][begin:begin + size] for key in keys]
+    return tape.gradient([out[key] for key in keys], variables, output_gradients=upstream)
+
+
+class _LoopedPasses:
+    """The two passes as ``tf.while_loop``s over micro-batches 1..k-1, after micro-batch 0
+    outside the loop (which gives the outputs' and gradients' structure): the traced step
+    holds the towers twice per pass, whatever k. ``parallel_iterations=1`` and the inputs'
+    dependence on micro-batch 0 keep one micro-batch's activations alive at a time."""
+
+    def __init__(self, model, x, count, seeds):
+        self.model, self.count, self.seeds = model, count, seeds
+        self.size = _batch_size(x) // count
+        self.x = x
+        self.stacked = tf.nest.map_structure(
+            lambda t: tf.reshape(t, [count, self.size] + t.shape[1:].as_list()), x)
+
+    def _part(self, stacked, i):
+        return tf.nest.map_structure(lambda t: t[i], stacked)
+
+    def embed(self) -> dict:
+        model, seeds, count = self.model, self.seeds, self.count
+        self.seed_arrays = [tf.TensorArray(v.dtype, size=count + 1, element_shape=v.shape)
+                            for v in seeds]
+        start = snapshot(seeds)
+        self.seed_arrays = [a.write(0, s) for a, s in zip(self.seed_arrays, start)]
+        first = {key: tf.stop_gradient(value) for key, value in
+                 model.micro_batch_outputs(self._part(self.stacked, 0)).items()}
+        keys = list(first)
+        arrays = {key: tf.TensorArray(first[key].dtype, size=count,
+                                      element_shape=first[key].shape).write(0, first[key])
+                  for key in keys}
+        stacked = _after(list(first.values()), self.stacked)
+
+        def body(i, arrays, seed_arrays):
+            seed_arrays = [a.write(i, s) for a, s in zip(seed_arrays, snapshot(seeds))]
+            out = model.micro_batch_outputs(self._part(stacked, i))
+            arrays = {key: arrays[key].write(i, tf.stop_gradient(out[key])) for key in keys}
+            return i + 1, arrays, seed_arrays
+
+        _, arrays, seed_arrays = tf.while_loop(
+            lambda i, *_: i < count, body, (tf.constant(1), arrays, self.seed_arrays),
+            parallel_iterations=1)
+        self.seed_arrays = [a.write(count, s) for a, s in zip(seed_arrays, snapshot(seeds))]
+        return {key: tf.reshape(arrays[key].stack(),
+                                [count * self.size] + first[key].shape[1:].as_list())
+                for key in keys}
+
+    def _start(self, i) -> list:
+        return [a.read(i) for a in self.seed_arrays]
+
+    def replay(self, embedding_grads: dict, variables: list) -> list:
+        model, seeds, count, size = self.model, self.seeds, self.count, self.size
+        first = _replay_one(model, _after(list(embedding_grads.values()),
+                                          self._part(self.stacked, 0)),
+                            embedding_grads, 0, size, variables, seeds, self._start(0))
+        dense = [j for j, g in enumerate(first) if g is not None
+                 and not isinstance(g, tf.IndexedSlices)]
+        sliced = [j for j, g in enumerate(first) if isinstance(g, tf.IndexedSlices)]
+        stacked = _after([first[j] for j in dense] + [first[j].values for j in sliced],
+                         self.stacked)
+
+        def slices_array(j, part):
+            g = getattr(first[j], part)
+            return tf.TensorArray(g.dtype, size=count - 1, element_shape=g.shape)
+
+        def body(i, sums, values, indices):
+            part_grads = _replay_one(model, self._part(stacked, i), embedding_grads,
+                                     i * size, size, variables, seeds, self._start(i))
+            sums = [total + tf.convert_to_tensor(part_grads[j]) for total, j in zip(sums, dense)]
+            values = [a.write(i - 1, part_grads[j].values) for a, j in zip(values, sliced)]
+            indices = [a.write(i - 1, part_grads[j].indices) for a, j in zip(indices, sliced)]
+            return i + 1, sums, values, indices
+
+        _, sums, values, indices = tf.while_loop(
+            lambda i, *_: i < count, body,
+            (tf.constant(1), [first[j] for j in dense],
+             [slices_array(j, "values") for j in sliced],
+             [slices_array(j, "indices") for j in sliced]),
+            parallel_iterations=1)
+        restore(seeds, self._start(count))
+        grads = list(first)
+        for j, total in zip(dense, sums):
+            grads[j] = total
+        for j, v, ix in zip(sliced, values, indices):
+            grads[j] = tf.IndexedSlices(tf.concat([first[j].values, v.concat()], 0),
+                                        tf.concat([first[j].indices, ix.concat()], 0),
+                                        first[j].dense_shape)
+        return grads
