@@ -18,6 +18,10 @@ two-pass accumulation):
 The sum is exactly the gradient of the whole-batch loss, because the loss couples the
 examples only through their embeddings. Memory holds the activations of one micro-batch
 at a time: micro-batches run in order (each waits for the previous one), not side by side.
+Micro-batch 0 runs on its own (it gives the structure of the outputs and gradients) and
+micro-batches 1..k-1 in a ``tf.while_loop`` with ``parallel_iterations=1``, so the traced
+step holds each tower twice per pass whatever k (``loops_over_micro_batches`` names the
+one case that is unrolled instead).
 
 The replay draws the same randomness as the embedding pass: the model's ``SeedGenerator``
 states (dropout, stochastic depth) are set back to their values before the micro-batch's
