@@ -70,6 +70,18 @@ def _settle() -> float:
     return _status_mb("VmRSS")
 
 
+def _tf_cpu_memory_mb(key: str) -> float:
+    """TensorFlow's own count of CPU bytes in use ("current") or at most in use ("peak")
+    in MiB; NaN with the plain allocator (``TF_CPU_ALLOCATOR_USE_BFC=0``), which keeps no
+    statistics. ``import malign`` turns the pooling (BFC) allocator on."""
+    import tensorflow as tf
+
+    try:
+        return tf.config.experimental.get_memory_info("CPU:0")[key] / 2**20
+    except ValueError:
+        return float("nan")
+
+
 def run_one(preset: str, batch: int, tool: str, micro: int, steps: int, warmup: int,
             strategy_spec: str, overrides: dict) -> dict:
     """Measures one configuration in this process (called in a subprocess by ``main``)."""
@@ -99,6 +111,7 @@ def run_one(preset: str, batch: int, tool: str, micro: int, steps: int, warmup: 
         lambda ctx: random_dataset(model.model_config, per_replica,
                                    pipeline_id=ctx.input_pipeline_id).take(4).cache().repeat())
     baseline = _rss_mb()
+    tf_before = _tf_cpu_memory_mb("current")
     times, settled = [], []
 
     class Timer(keras.callbacks.Callback):
@@ -113,13 +126,14 @@ def run_one(preset: str, batch: int, tool: str, micro: int, steps: int, warmup: 
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, callbacks=[Timer()], verbose=0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     steady_peak = _status_mb("VmHWM")
+    tf_step = _tf_cpu_memory_mb("peak") - tf_before
     gpu_peak = None
     if tf.config.list_physical_devices("GPU"):
         gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return {"preset": preset, "batch": batch, "tool": tool, "strategy": strategy_spec,
             "micro": cfg.micro_batch_size, "baseline_mb": baseline, "peak_mb": peak,
             "step_mb": peak - baseline, "gpu_peak_mb": gpu_peak,
-            "steady_step_mb": steady_peak - settled[0],
+            "steady_step_mb": steady_peak - settled[0], "tf_step_mb": tf_step,
             "median_step_ms": statistics.median(times[warmup:]) * 1000,
             "image_size": model.image_size, "steps": len(times[warmup:]),
             "weights": malign.models.count_params(model)}
@@ -184,13 +198,15 @@ def main(argv=None):
             r = results[-1]
             print(f"{tool:16s} batch {batch:5d}: peak {r['peak_mb']:8.0f} MiB, step memory "
                   f"{r['step_mb']:7.0f} MiB, steady step {r['steady_step_mb']:7.0f} MiB, "
+                  f"TF step {r['tf_step_mb']:7.0f} MiB, "
                   f"median step {r['median_step_ms']:8.0f} ms", flush=True)
     rows = ["| tool | global batch | micro-batch | peak RSS MiB | after build MiB | "
-            "peak - after build MiB | steady step MiB | median step ms |",
-            "|---|---|---|---|---|---|---|---|"]
+            "peak - after build MiB | steady step MiB | TF step MiB | median step ms |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r['tool']} | {r['batch']} | {r['micro'] or '-'} | {r['peak_mb']:.0f} | "
                     f"{r['baseline_mb']:.0f} | {r['step_mb']:.0f} | {r['steady_step_mb']:.0f} | "
+                    f"{r['tf_step_mb']:.0f} | "
                     f"{r['median_step_ms']:.0f} |")
     # The estimate uses peak - after build: the steady column does not resolve a step's
     # activations on CPU (TensorFlow keeps its allocations between steps; RESULTS.md).
@@ -217,7 +233,10 @@ def main(argv=None):
                 "tracing and steps); after build = resident set before `fit`; steady step = "
                 "the peak resident set during the timed steps (reset after the warm-up step, "
                 "once freed heap is returned with `malloc_trim`) minus the resident set then: "
-                "what a step itself needs, without the traced graph.\n\n"
+                "what a step itself needs, without the traced graph; TF step = TensorFlow's own "
+                "peak of CPU bytes in use during `fit` minus its count before (pooling "
+                "allocator only): the tensors of a step, without allocator or graph "
+                "overheads.\n\n"
                 + table)
         append_result(f"Peak memory and step time of the large-batch tools: "
                       f"{first['preset']}", body)

@@ -14,6 +14,13 @@ Example:
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's default CPU allocator gives each tensor to malloc, which serves large ones
+# with fresh mmaps: every step's activations are page-faulted in again (tiny preset at
+# 224 px, batch 32: 3.5 s a step, half of it in the kernel). Its pooling BFC allocator
+# reuses them: 1.7 s (benchmarks/RESULTS.md, "The 224 px tiny step"). Read when TensorFlow
+# first allocates on the CPU, so it takes effect when malign is imported first; a value the
+# user set is kept (TF_CPU_ALLOCATOR_USE_BFC=0 turns it off).
+_os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "1")
 
 from malign import config, distributed, losses, presets  # noqa: E402
 from malign.models import AlignModel, ImageTower, TextTower  # noqa: E402
