@@ -45,6 +45,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # measure the malign of this checkout
 TARGET_SHARE = 5.0  # issue 11: the loss costs under 5% of the step at per-replica batch 256
 
 
@@ -313,7 +314,6 @@ def main(argv=None):
         job = json.loads(args.worker)
         print("RESULT " + json.dumps(_worker(job["kind"], job["spec"])), flush=True)
         return
-    sys.path.insert(0, os.path.dirname(HERE))
     from malign.presets import get_preset
 
     overrides = {"image_size": args.image_size} if args.image_size else {}
