@@ -241,8 +241,24 @@ def share_rows(loss_results: list[dict], step_points: list[tuple[int, float]]) -
 
 def time_step(preset: str, per_replica: int, strategy_spec: str, steps: int, warmup: int,
               overrides: dict) -> dict:
-    """The median train step (ms) of a preset at a per-replica batch: bench_memory's
-    ``run_one`` (Keras ``fit``, random in-memory batches, tool ``plain``)."""
+    """The median train step of a preset at a per-replica batch: bench_memory's ``run_one``
+    (Keras ``fit`` of the plain step, random in-memory batches), in this process.
+
+    Args:
+        preset: ``AlignModel.from_preset`` name.
+        per_replica: b; the global batch is b times the strategy's replicas.
+        strategy_spec: ``malign.distributed.get_strategy`` spec.
+        steps: timed steps (median); warmup: untimed steps first (the first traces).
+        overrides: ``from_preset`` overrides, e.g. ``{"image_size": 128}``.
+
+    Returns:
+        ``run_one``'s dict (``median_step_ms`` in milliseconds, ``weights``, ``image_size``,
+        memory in MiB) plus ``per_replica``.
+
+    Example:
+        >>> time_step("tiny", 2, "cpu:2", 2, 1, {})["median_step_ms"] > 0  # doctest: +SKIP
+        True
+    """
     sys.path.insert(0, HERE)
     from bench_memory import run_one
 
@@ -275,7 +291,13 @@ def _mib(n: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """The Markdown result table of ``share_rows``."""
+    """The Markdown result table of ``share_rows``: times in ms, shares in percent, memory
+    in MiB (2**20 bytes); estimated steps marked ``(est.)``.
+
+    Example:
+        >>> print(table([]).splitlines()[1])
+        |---|---|---|---|---|---|---|---|---|
+    """
     out = ["| per-replica batch b | global batch B | loss fwd+bwd ms | of which gather ms | "
            "loss forward ms | train step ms | loss share of step | one [b, B] logits MiB "
            "(x2 directions) | one gathered [B, D] MiB (x2) |",
