@@ -29,7 +29,7 @@ float32, ``B * D * 4`` bytes.
 
 Usage:
     python benchmarks/bench_loss.py --preset student-b0-bert-mini --strategy cpu:2 \
-        --batches 64,128,256,512 --step-batches 4,12 --write
+        --batches 64,128,256,512 --step-batches 4,8,12 --write
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def main(argv=None):
                         help="gives D, label smoothing and temperature range, and the step")
     parser.add_argument("--strategy", default="cpu:2")
     parser.add_argument("--batches", default="64,128,256,512", help="per-replica batches")
-    parser.add_argument("--step-batches", default="4,12",
+    parser.add_argument("--step-batches", default="4,8,12",
                         help="per-replica batches at which the train step is measured")
     parser.add_argument("--repeats", type=int, default=10, help="timed loss calls (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed loss calls first")
@@ -361,7 +361,8 @@ def main(argv=None):
     points = [(r["per_replica"], r["median_step_ms"]) for r in steps]
     intercept, slope = fit_line(points)
     rows = share_rows(loss_results, points)
-    step_lines = ", ".join(f"b={r['per_replica']}: {r['median_step_ms']:.0f} ms" for r in steps)
+    step_lines = ", ".join(f"b={b}: {ms:.0f} ms (line {intercept + slope * b:.0f})"
+                           for b, ms in points)
     fit = (f"Train step measured ({args.preset}, {steps[0]['weights']:,} weights, "
            f"{steps[0]['image_size']} px, {args.strategy}, median of {steps[0]['steps']} steps "
            f"after {args.step_warmup} warm-up, one process each): {step_lines}; line "
