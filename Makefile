@@ -24,5 +24,9 @@ lint: install
 demo: install
 	$(VENV)/bin/malign demo --recipe recipes/demo.py --workdir runs/demo
 
+# Benchmarks that append their own section to benchmarks/RESULTS.md (--write).
+bench: install
+	$(PY) benchmarks/bench_loss.py --write
+
 clean:
 	rm -rf runs build *.egg-info
