@@ -45,8 +45,14 @@ random weights), this script
 
 ``--write`` appends a section to benchmarks/RESULTS.md (command, machine, tables).
 
+The rates need a quiet machine (``--quiet-wait``); a table whose rates ran while other
+processes used more than ``CONTENDED_CORES`` says that it is not valid. Counting takes
+about 90 s of one core (align-base's graphs); ``--json`` keeps the counts and
+``--counts-from`` reuses them to measure only the rates (about 10 s).
+
 Usage:
-    python benchmarks/bench_flops.py --write
+    python benchmarks/bench_flops.py --quiet-wait 600 --json /tmp/flops.json --write
+    python benchmarks/bench_flops.py --counts-from /tmp/flops.json --quiet-wait 600 --write
     python benchmarks/bench_flops.py --configs a --measured "a:train=22.91/20.80"
 """
 
@@ -67,15 +73,19 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # measure the malign of this checkout
 sys.path.insert(0, str(HERE))
 
-from bench_vs_transformers import CONFIGS, ContentionMeter  # noqa: E402
+from bench_vs_transformers import CONFIGS, ContentionMeter, wait_for_quiet  # noqa: E402
 
+#: other processes' CPU (cores) above which the measured rates are flagged as not valid.
+CONTENDED_CORES = 0.3
 #: FLOPs per trainable weight of one Keras AdamW update (see the module docstring).
 ADAMW_FLOPS_PER_WEIGHT = 15
 MODES = ("train", "image", "text", "image-grad", "text-grad")
 GROUPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul/BatchMatMul/Einsum", "elementwise")
 _MATMUL_OPS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum"}
 _UNARY_EXTRA = ("Sigmoid", "Erf", "Erfc", "Tanh", "Exp", "Sqrt", "Relu")
-_NO_DATA_OPS = {"Placeholder", "Const", "ReadVariableOp", "VarHandleOp", "Identity",
+# Ops whose outputs are not new data (inputs, weights, aliases, shape arithmetic): left out
+# of the output bytes. IdentityN is tf.custom_gradient's pass-through (Keras' swish).
+_NO_DATA_OPS = {"Placeholder", "Const", "ReadVariableOp", "VarHandleOp", "Identity", "IdentityN",
                 "NoOp", "Shape", "Reshape", "StridedSlice", "Pack", "ConcatV2", "Cast",
                 "Transpose", "ExpandDims", "Squeeze", "GatherV2", "ResourceGather",
                 "OnesLike", "ZerosLike", "Fill", "Range", "StopGradient", "Tile"}
@@ -187,8 +197,8 @@ def count_graph_flops(graph) -> dict:
 
     Returns:
         ``{"total": FLOPs, "by_type": {op type: FLOPs}, "by_group": {group: FLOPs},
-        "output_bytes": bytes of all op outputs except constants, variables, inputs and
-        reshapes, "uncounted": {op type: output elements} of ops with no FLOP statistic
+        "output_bytes": bytes of all op outputs except constants, variables, inputs,
+        aliases and reshapes (``_NO_DATA_OPS``), "uncounted": {op type: output elements} of ops with no FLOP statistic
         that compute something}``.
 
     Example:
@@ -506,6 +516,10 @@ def format_report(counts: dict, rates: dict, measured: dict) -> str:
     for name, r in rates.items():
         lines.append(f"| {name} | {shapes[name]} | **{r['gflops']:.1f}** | "
                      f"{1000 * r['seconds']:.2f} | {r['other_cores']:.2f} |")
+    busy = max(r["other_cores"] for r in rates.values())
+    if busy > CONTENDED_CORES:
+        lines += ["", f"**Not valid: other processes used up to {busy:.2f} cores while the "
+                  "rates were measured** (the MFU below divides by a contended peak)."]
     lines += ["", f"Achieved model FLOP/s and MFU (fraction of the measured matmul peak, "
               f"{peak / 1e9:.1f} GFLOP/s); samples/s from bench_vs_transformers "
               "(`--measured`); 'at group rates': the time a sample would take if every op "
@@ -541,7 +555,7 @@ def format_report(counts: dict, rates: dict, measured: dict) -> str:
     if "base" in counts:
         c = counts["base"]
         lines += ["", "align-base memory per example, computed: outputs of all ops of a "
-                  "training-mode forward at batch 1 (upper bound of the activations the "
+                  "training-mode forward at batch 1 (aliases and reshapes left out; upper bound of the activations the "
                   f"backward keeps): image {c['image_train']['output_bytes'] / 2**20:.0f} MiB, "
                   f"text {c['text_train']['output_bytes'] / 2**20:.1f} MiB; weights "
                   f"{c['weights']:,} x 4 bytes = {c['weights'] * 4 / 2**30:.2f} GiB, with "
@@ -559,9 +573,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: the RESULTS.md figures named in MEASURED)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per rate")
+    parser.add_argument("--quiet-wait", type=float, default=0.0,
+                        help="before the rates, wait up to this many seconds until other "
+                             "processes use at most --quiet-cores (0 = do not wait)")
+    parser.add_argument("--quiet-cores", type=float, default=0.3)
     parser.add_argument("--no-rates", action="store_true",
                         help="count FLOPs only (MFU needs the rates)")
     parser.add_argument("--json", type=Path, help="also write all numbers here")
+    parser.add_argument("--counts-from", type=Path,
+                        help="take the FLOP counts from a --json file of an earlier run "
+                             "(they depend on the code, not the machine) and only measure "
+                             "the rates")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     args.config_list = [c for c in args.configs.split(",") if c]
@@ -579,7 +601,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     counts = {}
-    for name in args.config_list:
+    if args.counts_from:
+        saved = json.loads(args.counts_from.read_text())["counts"]
+        missing = [name for name in args.config_list if name not in saved]
+        if missing:
+            raise SystemExit(f"{args.counts_from}: no counts of {', '.join(missing)}")
+        counts = {name: saved[name] for name in args.config_list}
+    for name in args.config_list if not counts else []:
         start = time.perf_counter()
         counts[name] = count_model_flops(name)
         print(f"[{name}] counted in {time.perf_counter() - start:.0f} s: image "
@@ -590,6 +618,9 @@ def main(argv=None) -> None:
                             "other_cores": float("nan")}}
         rates.update({k: dict(rates["matmul"]) for k in GROUP_RATE.values() if k != "matmul"})
     else:
+        if args.quiet_wait:
+            used = wait_for_quiet(args.quiet_cores, args.quiet_wait)
+            print(f"other processes before the rates: {used:.2f} cores", flush=True)
         rates = measure_rates(args.matmul_size, args.repeats)
     load = os.getloadavg()[0]
     report = format_report(counts, rates, args.measured_map)
