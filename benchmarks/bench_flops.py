@@ -411,7 +411,7 @@ def _median_seconds(fn, args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_rates(matmul_size: int = 2048, repeats: int = 7) -> dict:
+def measure_rates(matmul_size: int = 2048, repeats: int = 7, wait=None) -> dict:
     """This machine's float32 rates in GFLOP/s (median of ``repeats`` calls, tf.function).
 
     ``matmul``: [n, n] x [n, n] (``2 n^3`` FLOPs). ``conv1x1``: EfficientNet-B0's expansion
@@ -419,7 +419,7 @@ def measure_rates(matmul_size: int = 2048, repeats: int = 7) -> dict:
     144]) and ``depthwise5x5`` ([8, 28, 28, 240]), stride 1, same padding. ``swish``: ``x *
     sigmoid(x)`` on [8, 56, 56, 144] (2 FLOPs an element). Each is timed with a cheap
     reduction of its output so the op is not pruned; ``other_cores``: CPU other processes
-    used meanwhile.
+    used meanwhile. ``wait``, if given, is called before each op (e.g. to wait for quiet).
     """
     import numpy as np
     import tensorflow as tf
@@ -446,6 +446,8 @@ def measure_rates(matmul_size: int = 2048, repeats: int = 7) -> dict:
     }
     rates = {}
     for name, (fn, args, flops) in cases.items():
+        if wait is not None:
+            wait()
         meter = ContentionMeter()
         meter.start()
         seconds = _median_seconds(tf.function(fn), args, repeats)
@@ -555,8 +557,9 @@ def format_report(counts: dict, rates: dict, measured: dict) -> str:
     if "base" in counts:
         c = counts["base"]
         lines += ["", "align-base memory per example, computed: outputs of all ops of a "
-                  "training-mode forward at batch 1 (aliases and reshapes left out; upper bound of the activations the "
-                  f"backward keeps): image {c['image_train']['output_bytes'] / 2**20:.0f} MiB, "
+                  "training-mode forward at batch 1 (aliases and reshapes left out; upper "
+                  "bound of the activations the backward keeps): image "
+                  f"{c['image_train']['output_bytes'] / 2**20:.0f} MiB, "
                   f"text {c['text_train']['output_bytes'] / 2**20:.1f} MiB; weights "
                   f"{c['weights']:,} x 4 bytes = {c['weights'] * 4 / 2**30:.2f} GiB, with "
                   f"AdamW's two slots {c['weights'] * 12 / 2**30:.2f} GiB, with the gradients "
@@ -618,10 +621,14 @@ def main(argv=None) -> None:
                             "other_cores": float("nan")}}
         rates.update({k: dict(rates["matmul"]) for k in GROUP_RATE.values() if k != "matmul"})
     else:
-        if args.quiet_wait:
+        import tensorflow  # noqa: F401  (loaded before waiting for a quiet moment)
+
+        def wait():
             used = wait_for_quiet(args.quiet_cores, args.quiet_wait)
-            print(f"other processes before the rates: {used:.2f} cores", flush=True)
-        rates = measure_rates(args.matmul_size, args.repeats)
+            print(f"other processes before a rate: {used:.2f} cores", flush=True)
+
+        rates = measure_rates(args.matmul_size, args.repeats,
+                              wait if args.quiet_wait else None)
     load = os.getloadavg()[0]
     report = format_report(counts, rates, args.measured_map)
     print(report)
