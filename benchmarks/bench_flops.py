@@ -102,6 +102,8 @@ _NO_DATA_OPS = {"Placeholder", "Const", "ReadVariableOp", "VarHandleOp", "Identi
 #:   batch 16;
 #: base: "... : base" (`--configs base --modes image,text --repeats 3 --warmup 1
 #:   --steps 3`), batch 8.
+#: The CPU of the machine those figures were measured on (their sections' machine line).
+MEASURED_MACHINE = "Intel(R) Xeon(R) Processor, 2 cores"
 MEASURED = ("a:train=22.91/20.80,a:image=161.74/82.70,a:text=244.24/282.04,"
             "a:image-grad=35.95/28.96,a:text-grad=88.93/93.25,"
             "b:train=2.69/2.57,b:image=32.12/17.39,b:text=15.73/19.33,"
@@ -476,9 +478,13 @@ def _g(flops: float) -> str:
     return f"{flops / 1e9:.3f}"
 
 
-def format_report(counts: dict, rates: dict, measured: dict) -> str:
-    """The Markdown tables of a run."""
-    peak = rates["matmul"]["gflops"] * 1e9
+def format_report(counts: dict, rates: dict, measured: dict,
+                  peak_gflops: float | None = None, peak_source: str = "") -> str:
+    """The Markdown tables of a run (MFU against ``peak_gflops`` if given, else the
+    measured matmul rate)."""
+    peak = (peak_gflops or rates["matmul"]["gflops"]) * 1e9
+    peak_source = peak_source or ("given (--peak-gflops)" if peak_gflops else
+                                  "the matmul rate measured here")
     lines = ["FLOPs per sample (GFLOP, multiply-add = 2; forward passes at batch 1, the loss "
              "at the configuration's batch B divided by B):", "",
              "| config | image size / tokens | weights (trainable) | image fwd (inference) | "
@@ -522,8 +528,8 @@ def format_report(counts: dict, rates: dict, measured: dict) -> str:
     if busy > CONTENDED_CORES:
         lines += ["", f"**Not valid: other processes used up to {busy:.2f} cores while the "
                   "rates were measured** (the MFU below divides by a contended peak)."]
-    lines += ["", f"Achieved model FLOP/s and MFU (fraction of the measured matmul peak, "
-              f"{peak / 1e9:.1f} GFLOP/s); samples/s from bench_vs_transformers "
+    lines += ["", f"Achieved model FLOP/s and MFU (fraction of the matmul peak: "
+              f"{peak / 1e9:.1f} GFLOP/s, {peak_source}); samples/s from bench_vs_transformers "
               "(`--measured`); 'at group rates': the time a sample would take if every op "
               "group ran at the rate measured above for it (Conv2D at conv1x1, depthwise at "
               "depthwise3x3, matmuls at matmul, elementwise at swish), as a fraction of the "
@@ -567,6 +573,17 @@ def format_report(counts: dict, rates: dict, measured: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="a,b,base",
@@ -580,6 +597,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="before the rates, wait up to this many seconds until other "
                              "processes use at most --quiet-cores (0 = do not wait)")
     parser.add_argument("--quiet-cores", type=float, default=0.3)
+    parser.add_argument("--peak-gflops", type=float,
+                        help="the matmul peak (GFLOP/s) MFU divides by, when the --measured "
+                             "throughputs come from another machine than this one")
+    parser.add_argument("--rates-from", type=Path,
+                        help="take the rates from a --json file of an earlier run")
     parser.add_argument("--no-rates", action="store_true",
                         help="count FLOPs only (MFU needs the rates)")
     parser.add_argument("--json", type=Path, help="also write all numbers here")
@@ -616,7 +638,9 @@ def main(argv=None) -> None:
         print(f"[{name}] counted in {time.perf_counter() - start:.0f} s: image "
               f"{_g(counts[name]['image']['total'])}, text {_g(counts[name]['text']['total'])} "
               "GFLOP / sample (inference forward)", flush=True)
-    if args.no_rates:
+    if args.rates_from:
+        rates = json.loads(args.rates_from.read_text())["rates"]
+    elif args.no_rates:
         rates = {"matmul": {"gflops": float("nan"), "seconds": float("nan"), "flops": 0,
                             "other_cores": float("nan")}}
         rates.update({k: dict(rates["matmul"]) for k in GROUP_RATE.values() if k != "matmul"})
@@ -630,7 +654,13 @@ def main(argv=None) -> None:
         rates = measure_rates(args.matmul_size, args.repeats,
                               wait if args.quiet_wait else None)
     load = os.getloadavg()[0]
-    report = format_report(counts, rates, args.measured_map)
+    cpu = _cpu_model()
+    if args.measured == MEASURED and not args.peak_gflops and \
+            not MEASURED_MACHINE.startswith(cpu):
+        print(f"warning: the default --measured throughputs come from {MEASURED_MACHINE}, "
+              f"this machine is {cpu}: MFU against its matmul rate is not valid; pass "
+              "--peak-gflops (that machine's) or --measured (this machine's)", flush=True)
+    report = format_report(counts, rates, args.measured_map, args.peak_gflops)
     print(report)
     if args.json:
         args.json.write_text(json.dumps({"counts": counts, "rates": rates}, indent=1))
