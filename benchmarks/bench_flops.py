@@ -54,6 +54,9 @@ Usage:
     python benchmarks/bench_flops.py --quiet-wait 600 --json /tmp/flops.json --write
     python benchmarks/bench_flops.py --counts-from /tmp/flops.json --quiet-wait 600 --write
     python benchmarks/bench_flops.py --configs a --measured "a:train=22.91/20.80"
+    # throughputs of another machine: MFU against that machine's matmul rate (GFLOP/s)
+    python benchmarks/bench_flops.py --counts-from /tmp/flops.json \
+        --rates-from /tmp/flops.json --peak-gflops 224
 """
 
 from __future__ import annotations
