@@ -27,6 +27,7 @@ demo: install
 # Benchmarks that append their own section to benchmarks/RESULTS.md (--write).
 bench: install
 	$(PY) benchmarks/bench_loss.py --write
+	$(PY) benchmarks/bench_flops.py --write
 
 clean:
 	rm -rf runs build *.egg-info
