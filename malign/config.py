@@ -868,8 +868,9 @@ class TrainingConfig(_Config):
         if size and batch % size:
             options = _neighbours(divisors(batch), size)
             _fail(n, "micro_batch_size",
-                  f"{size} must divide the per-replica batch, so at least "
-                  f"{_join(n, 'global_batch_size')}={batch}; use "
+                  f"{size} must divide the per-replica batch, and so first "
+                  f"{_join(n, 'global_batch_size')}={batch} (the per-replica batch on one "
+                  f"device); use "
                   f"{' or '.join(map(str, options))}, or unset it (null) to turn gradient "
                   "caching off")
 
