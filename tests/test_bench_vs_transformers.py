@@ -6,23 +6,18 @@ that runs the transformers side is skipped without them.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vs_transformers.py"
+from benchmark_helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_transformers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_vs_transformers")
 
 
 def test_defaults_and_lists(bench):
