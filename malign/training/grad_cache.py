@@ -244,7 +244,6 @@ class _LoopedPasses:
     def __init__(self, model, x, count, seeds):
         self.model, self.count, self.seeds = model, count, seeds
         self.size = _batch_size(x) // count
-        self.x = x
         self.stacked = tf.nest.map_structure(
             lambda t: tf.reshape(t, [count, self.size] + t.shape[1:].as_list()), x)
 
