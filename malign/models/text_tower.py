@@ -2,7 +2,9 @@
 
 The embedding is the final hidden state at position 0 (``[CLS]``), not BERT's
 tanh pooler, projected linearly to the image embedding's width, as in ALIGN and
-the transformers ``AlignTextModel`` + ``text_projection``.
+the transformers ``AlignTextModel`` + ``text_projection``. Outside XLA the backbone runs on
+the batch's real tokens only (``malign.models.unpadded_bert``): the same result without
+the matmuls on padding.
 
 Example:
     >>> from malign.config import TextTowerConfig
@@ -21,6 +23,7 @@ import keras_hub
 import numpy as np  # noqa: F401  (used in the docstring example)
 
 from malign.config import TextTowerConfig
+from malign.models import unpadded_bert
 
 
 @keras.saving.register_keras_serializable(package="malign")
@@ -77,8 +80,32 @@ class TextTower(keras.Model):
         self.output_dim = config.projection_dim or config.hidden_dim
         #: Recompute each BERT layer's activations in the backward pass (``training.remat``).
         self.remat = False
+        #: Run BERT on real tokens only (``malign.models.unpadded_bert``) outside XLA.
+        self.unpadded = True
         for i in range(config.num_layers):
             _recompute_when_asked(backbone.get_layer(f"transformer_layer_{i}"), self)
+
+    def call(self, inputs, training=None, mask=None):
+        """``{"token_ids", "padding_mask"}`` [B, L] -> [B, D] (the class docstring).
+
+        Outside XLA (CPU and GPU graphs without ``jit_compile``), BERT runs on the real
+        tokens only (``unpadded_bert.cls_states``): same result, no matmuls on padding.
+        Under XLA (TPU, ``jit_compile=True``), whose shapes must be static, and with
+        ``unpadded = False``, it runs the padded keras-hub backbone.
+        """
+        if not self.unpadded or unpadded_bert.in_xla_context():
+            return super().call(inputs, training=training, mask=mask)
+        wrap = None
+        if self.remat:
+            from malign.models import remat
+
+            wrap = remat.recompute_grad
+        x = unpadded_bert.cls_states(self.backbone, inputs["token_ids"],
+                                     inputs["padding_mask"], training=training,
+                                     wrap_layer=wrap)
+        if self.tower_config.projection_dim:
+            x = self.get_layer("text_projection")(x)
+        return x
 
     def get_config(self) -> dict:
         return {"config": self.tower_config.to_dict(), "name": self.name,
