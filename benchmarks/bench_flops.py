@@ -22,6 +22,13 @@ random weights), this script
    ``SoftmaxCrossEntropyWithLogits`` 5 per logit. Ops without any statistic
    (gathers, reshapes, batch-norm's ``FusedBatchNormV3`` if present, ...) are listed with
    their output elements.
+   The text tower's model FLOPs are those of its real tokens: the benchmark batch's captions
+   have 3 to ``sequence_length`` tokens and malign runs BERT on those only
+   (``malign.models.unpadded_bert``; transformers computes the padding too, which is not
+   counted as model FLOPs for either side). The padded graph is counted at three lengths
+   without padding and the exact quadratic in the length is averaged over the batch's
+   captions (``mean_over_lengths``). Every layer counts every real token, although malign's
+   last layer runs its queries and feed-forward on the ``[CLS]`` rows only.
    A training step is counted as ``3 x forward`` (backward = 2 x forward: the gradients with
    respect to the activations and to the weights each cost one forward) of both towers in
    training mode and of the loss, plus the AdamW update at ``ADAMW_FLOPS_PER_WEIGHT`` = 15
@@ -299,9 +306,13 @@ def count_model_flops(name: str) -> dict:
     config = model_config(name)
     keras.utils.set_random_seed(0)
     model = malign.AlignModel(config)
+    # The padded graph has static shapes for the profiler; it is counted at lengths with
+    # no padding and evaluated at the benchmark batch's real tokens (text_token_lengths).
+    model.text_tower.unpadded = False
     size, length = model.image_size, model.sequence_length
+    batch = CONFIGS[name]["batch"]
     image_spec = tf.TensorSpec([1, size, size, 3], tf.float32)
-    text_spec = [tf.TensorSpec([1, length], tf.int32)] * 2
+    lengths = text_token_lengths(name, model)
     result = {}
     for training in (False, True):
         suffix = "_train" if training else ""
@@ -310,14 +321,58 @@ def count_model_flops(name: str) -> dict:
             {"token_ids": ids, "padding_mask": mask}, training=t))
         result["image" + suffix] = count_graph_flops(
             image.get_concrete_function(image_spec).graph)
-        result["text" + suffix] = count_graph_flops(
-            text.get_concrete_function(*text_spec).graph)
-    batch = CONFIGS[name]["batch"]
+        at_length = {n: count_graph_flops(text.get_concrete_function(
+            *[tf.TensorSpec([1, n], tf.int32)] * 2).graph)
+            for n in sorted({max(1, length // 4), max(2, length // 2), length})}
+        result["text" + suffix] = mean_over_lengths(at_length, lengths)
     result["loss"] = _scaled(loss_flops(batch, model.embedding_dim, model), batch)
     result.update(trainable=int(sum(w.numpy().size for w in model.trainable_weights)),
                   weights=malign.models.count_params(model), batch=batch,
                   embedding_dim=model.embedding_dim, image_size=size, sequence_length=length)
     return result
+
+
+def text_token_lengths(name: str, model) -> list[int]:
+    """Real tokens of each caption of the batch ``bench_vs_transformers`` embeds."""
+    from bench_vs_transformers import _inputs
+
+    batch = CONFIGS[name]["batch"]
+    arrays = _inputs(batch, model.image_size, model.sequence_length, model.vocabulary_size)
+    return [int(n) for n in arrays["padding_mask"].sum(axis=1)]
+
+
+def mean_over_lengths(at_length: dict[int, dict], lengths: list[int]) -> dict:
+    """A text count per caption, averaged over captions of ``lengths`` real tokens.
+
+    A BERT forward's FLOPs (and output bytes) on ``n`` tokens are ``c + a n + b n^2``
+    exactly (token-wise ops, attention scores and sums, the [CLS] projection), so three
+    counts of ``at_length`` fix every entry's quadratic, evaluated here at each length.
+
+    Example:
+        >>> counts = {n: {"total": 1 + 2 * n + n * n} for n in (1, 2, 4)}
+        >>> mean_over_lengths(counts, [3, 3, 0])["total"]
+        11.0
+    """
+    import numpy as np
+
+    ns = sorted(at_length)
+    if len(ns) < 3:  # too short a sequence for three lengths: linear or constant
+        degree = len(ns) - 1
+    else:
+        degree = 2
+    x = np.asarray(ns, float)
+
+    def fit(values: list[float]) -> float:
+        coefficients = np.polyfit(x, np.asarray(values, float), degree)
+        return float(np.mean(np.polyval(coefficients, np.asarray(lengths, float))))
+
+    def merge(parts: list):
+        if isinstance(parts[0], dict):
+            keys = set().union(*parts)
+            return {k: merge([p.get(k, 0) for p in parts]) for k in keys}
+        return fit(parts)
+
+    return merge([at_length[n] for n in ns])
 
 
 def loss_flops(batch: int, dim: int, model=None) -> dict:
@@ -401,6 +456,46 @@ def parse_measured(text: str) -> dict:
                              f"mode one of {', '.join(MODES)}")
         sides = (values.split("/") + [""])[:2]
         out[(config, mode)] = tuple(float(v) if v else None for v in sides)
+    return out
+
+
+def measured_from_results(text: str, cpu: str, max_other_cores: float = CONTENDED_CORES) -> dict:
+    """The latest samples/s medians of each configuration and mode measured on ``cpu``, read
+    from the ``bench_vs_transformers.py --write`` sections of a RESULTS.md text.
+
+    A later section replaces an earlier one's figure; rows measured while other processes
+    used more than ``max_other_cores`` (either side) are left out; so are sections of
+    other machines (their ``Machine:`` line does not start with ``cpu``).
+
+    Returns:
+        ``{(config, mode): (malign, transformers)}``, as ``parse_measured``.
+
+    Example:
+        >>> section = ("## malign vs transformers AlignModel (PyTorch): a\n\n"
+        ...            "Machine: CPU X, 2 cores\n\n"
+        ...            "| a | train | 32 | 1 / **16.00** / 2 | 1 / **13.00** / 2 | **1.23x** "
+        ...            "| 0.00 / 0.01 |\n")
+        >>> measured_from_results(section, "CPU X")
+        {('a', 'train'): (16.0, 13.0)}
+        >>> measured_from_results(section, "CPU Y")
+        {}
+    """
+    import re
+
+    out, machine, in_section = {}, "", False
+    row = re.compile(r"^\| (\w+) \| ([\w-]+) \| \d+ \| [^|]*\*\*([\d.]+)\*\*[^|]*\| "
+                     r"[^|]*\*\*([\d.]+)\*\*[^|]*\| [^|]*\| ([\d.]+) / ([\d.]+) \|")
+    for line in text.splitlines():
+        if line.startswith("## "):
+            in_section = line.startswith("## malign vs transformers AlignModel")
+            machine = ""
+        elif in_section and line.startswith("Machine: "):
+            machine = line[len("Machine: "):]
+        elif in_section and machine.startswith(cpu):
+            match = row.match(line)
+            if match and max(float(match[5]), float(match[6])) <= max_other_cores \
+                    and match[2] in MODES:
+                out[(match[1], match[2])] = (float(match[3]), float(match[4]))
     return out
 
 
@@ -491,7 +586,7 @@ def format_report(counts: dict, rates: dict, measured: dict,
     lines = ["FLOPs per sample (GFLOP, multiply-add = 2; forward passes at batch 1, the loss "
              "at the configuration's batch B divided by B):", "",
              "| config | image size / tokens | weights (trainable) | image fwd (inference) | "
-             "image fwd (training) | text fwd (inference) | text fwd (training) | "
+             "image fwd (training) | text fwd on real tokens (inference) | text fwd on real tokens (training) | "
              "loss fwd at B | train step (3 x fwd + AdamW 15/weight / B) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, c in counts.items():
@@ -594,6 +689,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--measured", default=MEASURED,
                         help="samples/s medians, 'config:mode=malign/transformers,...' "
                              "(default: the RESULTS.md figures named in MEASURED)")
+    parser.add_argument("--measured-from", type=Path,
+                        help="take the samples/s from the latest bench_vs_transformers "
+                             "sections of this file measured on this machine (replaces "
+                             "--measured; make bench passes benchmarks/RESULTS.md)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per rate")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
@@ -622,6 +721,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.measured_map = parse_measured(args.measured)
     except ValueError as error:
         parser.error(str(error))
+    if args.measured_from:
+        if not args.measured_from.is_file():
+            parser.error(f"--measured-from {args.measured_from}: no such file")
+        args.measured_map = measured_from_results(args.measured_from.read_text(), _cpu_model())
+        if not args.measured_map:
+            parser.error(f"--measured-from {args.measured_from}: no bench_vs_transformers "
+                         f"figures of this machine ({_cpu_model()}) measured while quiet")
+        args.measured = ",".join(f"{c}:{m}={a}/{b}" for (c, m), (a, b)
+                                 in args.measured_map.items())
     return args
 
 

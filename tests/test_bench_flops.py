@@ -94,3 +94,41 @@ def test_mfu_arithmetic(bench):
         bench.parse_measured("a:walk=1/2")
     # The default figures parse and name only known configurations and modes.
     assert {c for c, _ in bench.parse_measured(bench.MEASURED)} <= set(bench.CONFIGS)
+
+
+def test_text_counts_follow_the_real_tokens(bench):
+    """A text count is the exact quadratic in the caption length (token-wise ops, attention
+    scores), averaged over the benchmark's captions: the padded BERT counted at 8 and 16
+    tokens without padding is recovered from counts at other lengths."""
+    import keras_hub
+    import tensorflow as tf
+
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=1, num_heads=2,
+                                             hidden_dim=8, intermediate_dim=16,
+                                             max_sequence_length=32)
+    fn = tf.function(lambda ids, mask: backbone({"token_ids": ids, "segment_ids": ids * 0,
+                                                 "padding_mask": mask})["sequence_output"])
+
+    def count(n):
+        return bench.count_graph_flops(
+            fn.get_concrete_function(*[tf.TensorSpec([1, n], tf.int32)] * 2).graph)
+
+    counted = {n: count(n) for n in (4, 12, 32)}
+    expected = (count(8)["total"] + count(16)["total"]) / 2
+    assert bench.mean_over_lengths(counted, [8, 16])["total"] == pytest.approx(expected)
+    assert counted[32]["total"] > counted[12]["total"] > counted[4]["total"]
+
+
+def test_measured_figures_come_from_this_machines_quiet_rows(bench):
+    def section(machine, row_cores, median):
+        return (f"## malign vs transformers AlignModel (PyTorch): a\n\nMachine: {machine}, 2 "
+                f"cores\n\n| config | mode |\n|---|---|\n| a | train | 32 | 1.0 / **{median}** "
+                f"/ 3.0 | 1.0 / **2.00** / 3.0 | **1.00x** | {row_cores} / 0.01 |\n")
+
+    text = (section("CPU X", "0.00", "20.00") + section("CPU Y", "0.00", "30.00")
+            + section("CPU X", "0.90", "40.00") + "## Something else\n\n"
+            + section("CPU X", "0.10", "25.50"))
+    assert bench.measured_from_results(text, "CPU X") == {("a", "train"): (25.5, 2.0)}
+    assert bench.measured_from_results(text[:text.index("## Something")], "CPU X") == {
+        ("a", "train"): (20.0, 2.0)}  # the contended 40.00 row is skipped
+    assert bench.measured_from_results(text, "CPU Z") == {}
