@@ -12,7 +12,7 @@ which runs each step as its own ``malign`` command (``malign.demo.journey``):
    cross-replica contrastive loss runs);
 4. ``malign tokenizer trim``: the student's vocabulary, the teacher's pieces that the
    training captions use at least ``STUDENT_MIN_COUNT`` times (a smaller, different tokenizer);
-5. ``malign distill`` (``get_distill_config``): the student, about a sixth of the teacher's
+5. ``malign distill`` (``get_distill_config``): the student, under a fifth of the teacher's
    weights, from the teacher's cached embeddings (cross-lingual: the teacher reads the
    English source of each caption);
 6. ``malign eval`` of both on the held-out scenes, ``malign export`` of both as SavedModels;

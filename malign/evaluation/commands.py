@@ -256,7 +256,8 @@ def model_tokenizer_path(model_spec: str, tokenizer: str | None, force: bool = F
         The tokenizer path.
 
     Raises:
-        FileNotFoundError: no tokenizer given and none found, or the one given is missing.
+        FileNotFoundError: the model file is missing (named before any tokenizer search);
+            no tokenizer given and none found, or the one given is missing.
         ValueError: (``malign.text.fingerprint.TokenizerMismatchError``) the tokenizer is
             not the one the model was made with, naming both files and ``--force-tokenizer``;
             models without a recorded fingerprint are not refused (``load_tokenizer``
@@ -269,6 +270,8 @@ def model_tokenizer_path(model_spec: str, tokenizer: str | None, force: bool = F
     """
     from malign.text.fingerprint import check_tokenizer_fingerprint
 
+    if not model_spec.startswith("preset:") and not Path(model_spec).is_file():
+        raise FileNotFoundError(f"model not found: {model_spec}")
     path = Path(tokenizer) if tokenizer else find_tokenizer(model_spec)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer not found: {path}")

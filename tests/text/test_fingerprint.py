@@ -142,3 +142,11 @@ def test_embed_and_search_refuse_another_tokenizer_unless_forced(run, other, tmp
         check_search(search)
     search.force_tokenizer = True
     check_search(search)
+
+
+def test_a_missing_model_is_named_before_looking_for_its_tokenizer(tmp_path):
+    """``malign eval/export --model nope.keras`` said no tokenizer was found beside it."""
+    with pytest.raises(FileNotFoundError, match="model not found: .*nope.keras"):
+        model_tokenizer_path(str(tmp_path / "nope.keras"), None)
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        model_tokenizer_path(str(tmp_path / "nope.keras"), str(malign.text.test_vocab_path()))
