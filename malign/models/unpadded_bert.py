@@ -75,7 +75,7 @@ class _Packing:
 
 def _packing(padding_mask: tf.Tensor) -> _Packing:
     shape = tf.shape(padding_mask)
-    real = tf.not_equal(padding_mask, 0)
+    real = tf.cast(padding_mask, tf.bool)  # int (nonzero = real) or bool
     real = tf.logical_or(real, tf.equal(tf.range(shape[1]), 0)[None, :])
     lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
     return _Packing(indices=tf.where(real), key_mask=real[:, None, None, :],

@@ -123,3 +123,11 @@ def test_xla_runs_the_padded_backbone(tower):
     assert not unpadded_bert.in_xla_context()  # eager
     ops = {op.type for op in plain.get_concrete_function(inputs).graph.get_operations()}
     assert "ScatterNd" in ops and "Where" in ops  # the plain graph is the unpadded one
+
+
+def test_a_boolean_padding_mask_works_as_an_int_one(tower):
+    """The README passes ``ids != 0`` (bool) as the mask."""
+    inputs = _batch(_masks()["ragged"])
+    as_bool = {"token_ids": inputs["token_ids"],
+               "padding_mask": tf.cast(inputs["padding_mask"], tf.bool)}
+    np.testing.assert_allclose(tower(as_bool).numpy(), tower(inputs).numpy(), atol=1e-6)
