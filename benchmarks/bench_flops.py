@@ -356,10 +356,7 @@ def mean_over_lengths(at_length: dict[int, dict], lengths: list[int]) -> dict:
     import numpy as np
 
     ns = sorted(at_length)
-    if len(ns) < 3:  # too short a sequence for three lengths: linear or constant
-        degree = len(ns) - 1
-    else:
-        degree = 2
+    degree = min(2, len(ns) - 1)  # a sequence too short for three lengths: linear or constant
     x = np.asarray(ns, float)
 
     def fit(values: list[float]) -> float:
