@@ -25,7 +25,6 @@ __all__ = [
     "gather_batch",
     "broadcast_from_replica",
     "sum_to_replica",
-    "all_replicas_sum",
     "scale_loss_for_replicas",
     "num_replicas",
     "replica_id",
@@ -295,27 +294,6 @@ def sum_to_replica(tensor: tf.Tensor, target: int) -> tf.Tensor:
         return tensor
     total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
     return total * tf.cast(tf.equal(replica_id(), target), tensor.dtype)
-
-
-def all_replicas_sum(tensor: tf.Tensor) -> tf.Tensor:
-    """The sum of ``tensor`` over all replicas in sync (an all-reduce SUM); the tensor
-    itself outside a replica context of several replicas.
-
-    Every replica must call it at the same point with the same shape and dtype (e.g.
-    synchronized batch norm's statistics, ``malign.models.batch_norm``). Its gradient is
-    the all-reduced upstream gradient (TensorFlow's for ``ReplicaContext.all_reduce``).
-
-    Args:
-        tensor: this replica's contribution, any shape, float.
-
-    Example:
-        >>> all_replicas_sum(tf.constant([1.0, 2.0])).numpy().tolist()
-        [1.0, 2.0]
-    """
-    ctx = _replica_context()
-    if ctx is None:
-        return tensor
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
 
 
 def scale_loss_for_replicas(loss: tf.Tensor) -> tf.Tensor:

@@ -28,7 +28,6 @@ import keras
 import numpy as np  # noqa: F401  (used in the docstring example)
 
 from malign.config import ImageTowerConfig
-from malign.models.batch_norm import BatchNormalization
 
 # The width/depth arithmetic is TensorFlow-free (config checks run before TF loads); the
 # tower and the converter use it from here as before.
@@ -81,7 +80,7 @@ class ImageTower(keras.Model):
         )
 
         def bn(name):
-            return BatchNormalization(name=name, **bn_args)
+            return keras.layers.BatchNormalization(name=name, **bn_args)
 
         images = keras.Input(shape=(None, None, 3), name="image", dtype="float32")
         x = images
