@@ -10,7 +10,7 @@ neither warms the other's caches or gets a quieter slice of a shared machine:
 - ``train``: one training step on one fixed in-memory batch: both towers forward in
   training mode, the symmetric contrastive loss (label smoothing 0.1, learned
   temperature), backward, AdamW update. malign: the model's own ``train_step`` under
-  ``fit`` with ``malign.training.make_optimizer`` (AdamW, linear schedule, weight decay
+  ``fit``, compiled by ``malign.training.compile_for_training`` (AdamW, linear schedule, weight decay
   1e-5 off norms and biases), as ``malign train`` runs it. transformers:
   ``AlignModel(..., return_loss=True)``, ``loss.backward()``, ``torch.optim.AdamW``
   (``fused=True``: the transformers ``Trainer``'s default optimizer with torch >= 2.8,
@@ -360,7 +360,7 @@ def malign_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: i
     import tensorflow as tf
 
     from malign.config import TrainingConfig
-    from malign.training import make_optimizer, resolve_jit_compile
+    from malign.training import compile_for_training
 
     strategy = malign.distributed.get_strategy("default")
     with strategy.scope():
@@ -371,7 +371,7 @@ def malign_measure(spec: dict, directory: Path, mode: str, batch: int, warmup: i
         cfg = TrainingConfig(optimizer="adamw", learning_rate=1e-4, global_batch_size=batch,
                              steps=warmup + steps, warmup_steps=1)
         with strategy.scope():
-            model.compile(optimizer=make_optimizer(cfg), jit_compile=resolve_jit_compile(cfg, strategy))
+            compile_for_training(model, cfg, strategy)  # as malign train compiles
         data = tf.data.Dataset.from_tensors({"image": arrays["images"],
                                              "token_ids": arrays["token_ids"],
                                              "padding_mask": arrays["padding_mask"]}).repeat()

@@ -14,7 +14,9 @@
 - :mod:`malign.training.restore_points`: the training state in one atomic directory per
   step (``RestorePoints``: resume, SIGTERM, NaN/Inf updates); ``fault_injection``: the
   kill points tests use.
-- :mod:`malign.training.fit`: ``train(experiment, workdir)``, the Keras ``fit`` loop.
+- :mod:`malign.training.fit`: ``train(experiment, workdir)``, the Keras ``fit`` loop;
+  ``compile_for_training`` (optimizer, XLA per device, optimizer variables made before
+  the first step).
 - :mod:`malign.training.distillation`: the ``Distiller`` model and ``distill``.
 - :mod:`malign.training.commands`: ``malign train`` and ``malign distill``.
 
@@ -30,7 +32,7 @@ from malign.training.checkpoints import (
     save_model_atomically,
     write_text_atomically,
 )
-from malign.training.fit import train
+from malign.training.fit import compile_for_training, train
 from malign.training.restore_points import NonFiniteError, Preempted, RestorePoints
 
 from malign.training.distillation import Distiller, distill  # isort: skip (imports fit)
@@ -80,5 +82,6 @@ __all__ = [
     "save_model_atomically",
     "synthetic_patterns",
     "train",
+    "compile_for_training",
     "write_text_atomically",
 ]
