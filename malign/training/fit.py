@@ -168,7 +168,7 @@ def compile_for_training(model: keras.Model, cfg: TrainingConfig,
     "Time to the first step"). Call it under ``strategy.scope()``.
 
     Args:
-        model: an unbuilt-optimizer Keras model whose weights exist (built).
+        model: a Keras model whose weights exist (built), not yet compiled.
         cfg: the run's ``TrainingConfig``.
         strategy: the strategy whose scope this runs in.
         **optimizer_kwargs: passed to ``make_optimizer`` (e.g. ``fused_min_size``).
