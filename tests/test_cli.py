@@ -52,10 +52,20 @@ def test_help_of_every_command_imports_no_tensorflow():
         assert "usage: malign" in output
 
 
-def test_argument_errors_import_no_tensorflow_and_name_the_argument():
+def test_argument_errors_import_no_tensorflow_and_name_the_argument(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
     for args, expected in ((["train"], "one of the arguments --recipe --preset is required"),
                            (["export", "--towers"], "--towers"),
-                           (["no-such-command"], "invalid choice")):
+                           (["no-such-command"], "invalid choice"),
+                           # eval's retrieval arguments and export's --out: prechecks
+                           (["eval", "--model", "m.keras"], "--data, --out required"),
+                           (["eval", "--model", "m.keras", "--data", "r", "--out", "o",
+                             "--batch-size", "0"], "--batch-size must be positive"),
+                           (["export", "--model", "m.keras", "--out", str(a_file)],
+                            f"--out {a_file} is a file"),
+                           (["export", "--model", "m.keras", "--out", str(a_file / "export")],
+                            f"lies under {a_file}, which is a file")):
         report, output = _probe(*args)
         assert report == {"code": 2, "heavy": []}, (args, output[-2000:])
         assert expected in output

@@ -117,7 +117,8 @@ def add_subparser(subparsers: Any) -> None:
         help="search backend: numpy (CPU BLAS) or tensorflow (GPU/TPU if present)",
     )
     parser.add_argument("--name", help="title of the table and chart (default: the model path)")
-    parser.set_defaults(func=run_retrieval)
+    # precheck: run by the console script before TensorFlow loads (malign_launcher).
+    parser.set_defaults(func=run_retrieval, precheck=check_retrieval_args)
 
     sub = parser.add_subparsers(dest="eval_command", metavar="{zero-shot}")
     zero = sub.add_parser(
@@ -313,6 +314,32 @@ def _count_weights(model: Any) -> int:
     return count_params(model)
 
 
+def check_retrieval_args(args: argparse.Namespace) -> None:
+    """The arguments ``malign eval`` (retrieval) needs, checked without TensorFlow (the
+    console script runs it before loading it); ``eval zero-shot`` is left alone.
+
+    Args:
+        args: the parsed arguments.
+
+    Raises:
+        ValueError: naming the missing or invalid argument.
+
+    Example:
+        >>> check_retrieval_args(argparse.Namespace(model="m.keras", data=None, out="o"))
+        Traceback (most recent call last):
+        ...
+        ValueError: --data required (see malign eval --help)
+    """
+    if getattr(args, "eval_command", None):
+        return
+    missing = [f"--{n}" for n in ("model", "data", "out") if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required (see malign eval --help)")
+    _check_positive(args)
+    if args.memory_budget_mb <= 0:
+        raise ValueError("--memory-budget-mb must be positive")
+
+
 # -- commands -------------------------------------------------------------------------------
 def run_retrieval(args: argparse.Namespace) -> int:
     """``malign eval``: retrieval metrics of one record set, written to ``--out``.
@@ -327,12 +354,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         >>> from malign.cli import main
         >>> main(["eval", "--model", "m.keras", "--data", "r", "--out", "o"])  # doctest: +SKIP
     """
-    missing = [f"--{n}" for n in ("model", "data", "out") if not getattr(args, n)]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} required (see malign eval --help)")
-    _check_positive(args)
-    if args.memory_budget_mb <= 0:
-        raise ValueError("--memory-budget-mb must be positive")
+    check_retrieval_args(args)
     from malign.data import model_eval_resize, read_eval_split
     from malign.evaluation.evaluate import evaluate_retrieval
     from malign.evaluation.report import retrieval_markdown, write_retrieval_report

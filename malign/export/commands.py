@@ -40,6 +40,26 @@ def _read_json(path: str, what: str) -> Any:
         raise ValueError(f"{what} {path} is not valid JSON: {error}") from error
 
 
+def check_out(args: argparse.Namespace) -> None:
+    """Refuses an ``--out`` that is, or lies under, a file (TensorFlow-free precheck).
+
+    Args:
+        args: the parsed arguments (``out``).
+
+    Raises:
+        ValueError: naming the path that is a file.
+
+    Example:
+        >>> check_out(argparse.Namespace(out="export/new-model"))  # nothing there yet: fine
+    """
+    out = Path(args.out)
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out else f"lies under {path}, which is a file"
+            raise ValueError(f"--out {args.out} {where}; it must be a directory (the model's "
+                             "base directory, TF Serving's --model_base_path)")
+
+
 def run_export(args: argparse.Namespace) -> int:
     """``malign export``: writes the SavedModel and prints where and what.
 
@@ -57,6 +77,7 @@ def run_export(args: argparse.Namespace) -> int:
     from malign.evaluation.commands import load_model, load_tokenizer, model_tokenizer_path
     from malign.export import saved_model as export
 
+    check_out(args)
     started = time.time()
     towers = export._check_towers(args.towers)
     if args.version is not None and args.version < 0:
@@ -160,4 +181,5 @@ def add_subparser(subparsers: Any) -> None:
                         "before decoding) with INVALID_ARGUMENT; default %(default)s = 8192^2")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip reloading the export and comparing it with the Keras model")
-    parser.set_defaults(func=run_export)
+    # precheck: run by the console script before TensorFlow loads (malign_launcher).
+    parser.set_defaults(func=run_export, precheck=check_out)
