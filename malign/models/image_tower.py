@@ -28,7 +28,7 @@ import keras
 import numpy as np  # noqa: F401  (used in the docstring example)
 
 from malign.config import ImageTowerConfig
-from malign.models.pointwise_conv import PointwiseConv2D
+from malign.models.pointwise_conv import pointwise_conv2d
 
 # The width/depth arithmetic is TensorFlow-free (config checks run before TF loads); the
 # tower and the converter use it from here as before.
@@ -112,7 +112,7 @@ class ImageTower(keras.Model):
         if config.top_filters:
             top = round_filters(config.top_filters, config.width_coefficient,
                                 config.depth_divisor)
-            x = PointwiseConv2D(top, 1, padding="same", use_bias=False, name="top_conv")(x)
+            x = pointwise_conv2d(top, padding="same", use_bias=False, name="top_conv")(x)
             x = bn("top_bn")(x)
             x = keras.layers.Activation("swish", name="top_act")(x)
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -164,8 +164,8 @@ def _mbconv_block(x, index: int, spec: dict, config: ImageTowerConfig, bn, drop_
     inputs = x
     filters = spec["filters_in"] * spec["expand_ratio"]
     if spec["expand_ratio"] != 1:
-        x = PointwiseConv2D(filters, 1, padding="same", use_bias=False,
-                            name=p + "expand_conv")(x)
+        x = pointwise_conv2d(filters, padding="same", use_bias=False,
+                             name=p + "expand_conv")(x)
         x = bn(p + "expand_bn")(x)
         x = keras.layers.Activation("swish", name=p + "expand_act")(x)
 
@@ -186,14 +186,14 @@ def _mbconv_block(x, index: int, spec: dict, config: ImageTowerConfig, bn, drop_
     x = keras.layers.Activation("swish", name=p + "dw_act")(x)
 
     se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=p + "se_squeeze")(x)
-    se = PointwiseConv2D(se_filters(spec["filters_in"], config.se_ratio), 1, padding="same",
-                         activation="swish", name=p + "se_reduce")(se)
-    se = PointwiseConv2D(filters, 1, padding="same", activation="sigmoid",
-                         name=p + "se_expand")(se)
+    se = pointwise_conv2d(se_filters(spec["filters_in"], config.se_ratio), padding="same",
+                          activation="swish", name=p + "se_reduce")(se)
+    se = pointwise_conv2d(filters, padding="same", activation="sigmoid",
+                          name=p + "se_expand")(se)
     x = keras.layers.Multiply(name=p + "se_excite")([x, se])
 
-    x = PointwiseConv2D(spec["filters_out"], 1, padding="same", use_bias=False,
-                        name=p + "project_conv")(x)
+    x = pointwise_conv2d(spec["filters_out"], padding="same", use_bias=False,
+                         name=p + "project_conv")(x)
     x = bn(p + "project_bn")(x)
     if spec["residual"]:
         if drop_rate > 0:

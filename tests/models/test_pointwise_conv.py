@@ -1,16 +1,22 @@
-"""The 1x1 convolution as a matmul equals keras' Conv2D (malign.models.pointwise_conv)."""
+"""The 1x1 convolution as a matmul equals keras' Conv2D (malign.models.pointwise_conv),
+and models saved before it still load."""
+
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from malign.models.pointwise_conv import PointwiseConv2D
+import malign
+from malign.models.pointwise_conv import pointwise_conv2d
+
+SAVED_V1 = Path(__file__).parents[1] / "fixtures" / "saved_v1"
 
 
 def _pair(filters, **kwargs):
-    """A PointwiseConv2D and a keras Conv2D(filters, 1) holding the same random weights."""
-    ours = PointwiseConv2D(filters, **kwargs)
+    """A pointwise_conv2d and a keras Conv2D(filters, 1) holding the same random weights."""
+    ours = pointwise_conv2d(filters, **kwargs)
     reference = keras.layers.Conv2D(filters, 1, **kwargs)
     return ours, reference
 
@@ -44,23 +50,21 @@ def test_values_and_gradients_equal_conv2d(shape, filters, kwargs):
 
 
 def test_unknown_spatial_sizes_in_a_traced_function():
-    layer = PointwiseConv2D(3)
+    layer = pointwise_conv2d(3)
     layer.build((None, None, None, 4))
     fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 4])])
     assert fn(tf.ones((2, 5, 3, 4))).shape == (2, 5, 3, 3)
     assert fn(tf.ones((1, 2, 7, 4))).shape == (1, 2, 7, 3)
 
 
-def test_config_round_trip_and_registered_name():
-    layer = PointwiseConv2D(5, use_bias=False, activation="swish", name="block0_project_conv")
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(clone) is PointwiseConv2D
-    assert clone.get_config() == layer.get_config()
-    assert keras.saving.get_registered_name(PointwiseConv2D) == "malign>PointwiseConv2D"
+def test_a_plain_conv2d_with_conv2d_config():
+    layer = pointwise_conv2d(5, use_bias=False, activation="swish", name="block0_project_conv")
+    assert type(layer) is keras.layers.Conv2D
+    assert layer.get_config() == keras.layers.Conv2D(
+        5, 1, use_bias=False, activation="swish", name="block0_project_conv").get_config()
 
 
 @pytest.mark.parametrize("kwargs, named", [
-    ({"kernel_size": 3}, "kernel_size"),
     ({"strides": 2}, "strides"),
     ({"dilation_rate": (1, 2)}, "dilation_rate"),
     ({"groups": 2}, "groups"),
@@ -68,4 +72,28 @@ def test_config_round_trip_and_registered_name():
 ])
 def test_anything_but_a_pointwise_conv_is_refused(kwargs, named):
     with pytest.raises(ValueError, match=named):
-        PointwiseConv2D(4, **kwargs)
+        pointwise_conv2d(4, **kwargs)
+
+
+def test_the_image_tower_computes_its_1x1_convolutions_as_matmuls():
+    tower = malign.AlignModel.from_preset("tiny").image_tower
+    fn = tf.function(lambda x: tower(x, training=True)).get_concrete_function(
+        tf.TensorSpec([2, 32, 32, 3]))
+    types = {op.type for op in fn.graph.get_operations()}
+    convs = [op for op in fn.graph.get_operations() if op.type == "Conv2D"]
+    assert "MatMul" in types
+    assert [tuple(op.inputs[1].shape[:2]) for op in convs] == [(3, 3)]  # the stem only
+
+
+@pytest.mark.skipif(not (SAVED_V1 / "model.keras").exists(), reason="fixture not present")
+def test_a_model_saved_before_loads():
+    """A .keras file written by malign at 6fd15d3 (plain Conv2D layers) loads, with every
+    weight, and embeds as it did then (tests/fixtures/make_saved_v1_fixture.py)."""
+    model = keras.saving.load_model(SAVED_V1 / "model.keras", compile=False)
+    expected = np.load(SAVED_V1 / "expected.npz")
+    np.testing.assert_allclose(model.embed_image(expected["images"]).numpy(),
+                               expected["image_embeddings"], atol=2e-5)
+    np.testing.assert_allclose(
+        model.embed_text({"token_ids": expected["token_ids"],
+                          "padding_mask": expected["padding_mask"]}).numpy(),
+        expected["text_embeddings"], atol=2e-5)
