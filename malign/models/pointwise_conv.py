@@ -6,9 +6,10 @@ the matrix product of the ``[batch * height * width, C_in]`` rows with the
 pointwise convolution of MobileNet, Howard et al. 2017, arXiv:1704.04861). XLA rewrites a
 1x1 convolution into this dot itself (GPU/TPU), but TensorFlow's CPU kernels do not: on
 the benchmark machine (2 AMD EPYC cores, fp32) the gradient pass of the EfficientNet-B0
-tower at 128 px, batch 32 spent 566 ms per step in ``Conv2D`` and its two backprop
-kernels, against 378 ms in ``MatMul`` for the same products written as here
-(``benchmarks/RESULTS.md``, "1x1 convolutions as matmuls").
+tower at 128 px, batch 32 spent 599 ms per step in ``Conv2D`` and its two backprop
+kernels, against 411 ms with the 1x1 products written as here (``MatMul``; the stem's 3x3
+convolution is in both figures; ``benchmarks/RESULTS.md``, "1x1 convolutions as
+matmuls").
 
 ``pointwise_conv2d`` returns an ordinary ``keras.layers.Conv2D`` whose convolution is that
 matmul. It stays of that class on purpose: Keras names a layer's weights in a ``.keras``
@@ -26,8 +27,6 @@ Example:
 """
 
 from __future__ import annotations
-
-import functools
 
 import keras
 import numpy as np  # noqa: F401  (used in the docstring example)
@@ -50,10 +49,6 @@ def pointwise_matmul(inputs, kernel):
     rows = ops.reshape(inputs, (-1, channels_in))
     outputs = ops.matmul(rows, ops.reshape(kernel, (channels_in, channels_out)))
     return ops.reshape(outputs, (*shape[:-1], channels_out))
-
-
-def _convolution_op(layer, inputs, kernel):
-    return pointwise_matmul(inputs, kernel)
 
 
 def pointwise_conv2d(filters: int, **kwargs) -> keras.layers.Conv2D:
@@ -81,6 +76,7 @@ def pointwise_conv2d(filters: int, **kwargs) -> keras.layers.Conv2D:
     if layer.data_format != "channels_last":
         raise ValueError("pointwise_conv2d needs data_format='channels_last', got "
                          f"{layer.data_format!r}")
-    # An instance attribute, looked up before Conv2D.convolution_op by Conv2D.call.
-    layer.convolution_op = functools.partial(_convolution_op, layer)
+    # An instance attribute (a plain function, not bound to the layer), looked up before
+    # Conv2D.convolution_op when Conv2D.call runs self.convolution_op(inputs, kernel).
+    layer.convolution_op = pointwise_matmul
     return layer
