@@ -135,6 +135,37 @@ def test_row_gradients_update_like_the_dense_gradient(name):
     assert np.max(np.abs(want[0] - init)) > 1e-3
 
 
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_cpu_update_paths_equal_keras(name):
+    """AdamW's dense variables take TensorFlow's ResourceApplyAdam kernel on CPU, and both
+    optimizers decay with the learning rate computed once: weights and moments after three
+    steps equal Keras' own update (fused_min_size=0), with and without decay."""
+    rng = np.random.default_rng(0)
+    shapes = {"kernel": (6, 5), "bias": (5,), "gamma": (3,)}
+    cfg = TrainingConfig(optimizer=name, steps=10, warmup_steps=2, learning_rate=3e-2,
+                         weight_decay=0.1)
+    inits = {k: rng.normal(size=s).astype("float32") for k, s in shapes.items()}
+    grads = [{k: rng.normal(size=s).astype("float32") for k, s in shapes.items()}
+             for _ in range(3)]
+    results = {}
+    for fused_min_size in (0, 1 << 20):
+        variables = [keras.Variable(inits[k].copy(), name=k) for k in shapes]
+        opt = make_optimizer(cfg, fused_min_size=fused_min_size)
+        opt.build(variables)
+        kernel = opt._applies_kernel(tf.zeros(shapes["kernel"]), variables[0])
+        assert kernel == (fused_min_size > 0 and name == "adamw")
+        step = tf.function(lambda g, opt=opt, variables=variables: opt.apply(g, variables))
+        for g in grads:
+            step([tf.constant(g[k]) for k in shapes])
+        results[fused_min_size] = [v.numpy() for v in variables] + [
+            m.numpy() for m in opt._momentums] + [
+            v.numpy() for v in getattr(opt, "_velocities", [])]
+    want, got = results[0], results[1 << 20]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)  # float32 rounding
+    assert np.max(np.abs(want[0] - inits["kernel"])) > 1e-2
+
+
 def test_combine_duplicate_rows_sums_slices():
     g = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), tf.constant([2, 0, 2]),
                          tf.constant([4, 2]))

@@ -184,9 +184,7 @@ class _FusedLargeVariableUpdates:
         return config
 
     def _fuses(self, variable) -> bool:
-        if self.fused_min_size <= 0 or getattr(self, "amsgrad", False):
-            return False
-        if self.gradient_accumulation_steps or self.use_ema:
+        if self._plain_path():
             return False
         size = 1
         for dim in variable.shape:
@@ -194,8 +192,33 @@ class _FusedLargeVariableUpdates:
         return size >= self.fused_min_size and distributed.device_type() == "CPU"
 
     def _apply_weight_decay(self, variables):
-        # Fused variables are decayed inside their fused update (same expression).
-        super()._apply_weight_decay([v for v in variables if not self._fuses(v)])
+        """Decoupled weight decay ``w -= w * (learning_rate * weight_decay)``, in place.
+
+        Fused variables are decayed inside their fused update (same expression). Keras'
+        own version evaluates the learning-rate schedule and makes four full-size passes
+        for each variable; here the rate is computed once, and each variable takes one
+        multiply and one in-place subtraction.
+        """
+        variables = [v for v in variables
+                     if not self._fuses(v) and self._use_weight_decay(v)]
+        if self.weight_decay is None or not variables:
+            return
+        rate = tf.cast(self.learning_rate, "float32") * tf.cast(self.weight_decay, "float32")
+
+        def decay(distribution, variables, rate):
+            def decay_one(variable, rate):
+                variable.assign_sub(variable * tf.cast(rate, variable.dtype))
+
+            for variable in variables:
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value
+                distribution.extended.update(variable, decay_one, args=(rate,), group=False)
+
+        # The rate goes through merge_call as an argument (not a closure), so that under
+        # a Mirrored strategy each device's update gets its own copy, as Keras passes the
+        # learning rate to its update step.
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            decay, self._distribution_strategy, variables, rate)
 
     def _update_moments(self, gradient, variable) -> dict:
         """Updates m and v of ``variable`` in place; returns the tensors the step needs."""
@@ -221,7 +244,21 @@ class _FusedLargeVariableUpdates:
         return dict(variable=_local_variable(variable), m_var=m_var, v_var=v_var,
                     decay=tf.cast(decay, dtype), epsilon=tf.constant(self.epsilon, dtype))
 
+    def _applies_kernel(self, gradient, variable) -> bool:
+        """Whether ``variable`` is updated by TensorFlow's optimizer kernel (subclasses)."""
+        return False
+
+    def _kernel_step(self, gradient, variable, learning_rate) -> None:
+        raise NotImplementedError
+
+    def _plain_path(self) -> bool:
+        """Keras' update throughout: turned off, or a Keras feature the fused paths lack."""
+        return (self.fused_min_size <= 0 or getattr(self, "amsgrad", False)
+                or bool(self.gradient_accumulation_steps) or bool(self.use_ema))
+
     def update_step(self, gradient, variable, learning_rate):
+        if self._applies_kernel(gradient, variable):
+            return self._kernel_step(gradient, variable, learning_rate)
         if not self._fuses(variable):
             return super().update_step(combine_duplicate_rows(gradient), variable, learning_rate)
         beta_1_power, beta_2_power = self._bias_corrections(variable)
@@ -341,6 +378,34 @@ class FusedAdamW(_SkipNonFiniteUpdates, _FusedLargeVariableUpdates, keras.optimi
     def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
         alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         _fused_adam_apply(lr=lr, alpha=alpha, **state)
+
+    def _applies_kernel(self, gradient, variable) -> bool:
+        # On CPU every dense gradient below the fused size; GPU/TPU steps are XLA-compiled
+        # and fuse Keras' expressions themselves.
+        return (not self._plain_path() and not self._fuses(variable)
+                and not isinstance(gradient, tf.IndexedSlices)
+                and distributed.device_type() == "CPU")
+
+    def _kernel_step(self, gradient, variable, learning_rate) -> None:
+        """Adam's step as TensorFlow's ``ResourceApplyAdam`` kernel, in place.
+
+        The kernel computes Keras' expressions (``m += (g - m) * (1 - beta_1)``,
+        ``v += (g**2 - v) * (1 - beta_2)``, ``w -= m * alpha / (sqrt(v) + epsilon)`` with
+        ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``) in one pass over the
+        variable, where Keras' update makes about ten ops that each read or write all of
+        it. The weight decay was applied before (``_apply_weight_decay``), as in Keras.
+        """
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        beta_1_power, beta_2_power = self._bias_corrections(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_local_variable(variable).handle,
+            m=_local_variable(self._momentums[index]).handle,
+            v=_local_variable(self._velocities[index]).handle,
+            beta1_power=beta_1_power, beta2_power=beta_2_power,
+            lr=tf.cast(learning_rate, dtype), beta1=tf.constant(self.beta_1, dtype),
+            beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype), use_locking=False)
 
 
 def make_optimizer(cfg: TrainingConfig, fused_min_size: int = FUSED_MIN_SIZE
