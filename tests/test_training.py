@@ -135,6 +135,10 @@ def test_row_gradients_update_like_the_dense_gradient(name):
     assert np.max(np.abs(want[0] - init)) > 1e-3
 
 
+def _apply_step(opt, variables):
+    return tf.function(lambda grads: opt.apply(grads, variables))
+
+
 @pytest.mark.parametrize("name", ["adamw", "lamb"])
 def test_cpu_update_paths_equal_keras(name):
     """AdamW's dense variables take TensorFlow's ResourceApplyAdam kernel on CPU, and both
@@ -154,7 +158,7 @@ def test_cpu_update_paths_equal_keras(name):
         opt.build(variables)
         kernel = opt._applies_kernel(tf.zeros(shapes["kernel"]), variables[0])
         assert kernel == (fused_min_size > 0 and name == "adamw")
-        step = tf.function(lambda g, opt=opt, variables=variables: opt.apply(g, variables))
+        step = _apply_step(opt, variables)
         for g in grads:
             step([tf.constant(g[k]) for k in shapes])
         results[fused_min_size] = [v.numpy() for v in variables] + [
