@@ -6,8 +6,9 @@ token-wise op of keras-hub's ``BertBackbone`` (embeddings, the query/key/value a
 output projections, the feed-forward network, layer norms, dropout, residuals) runs on the
 ``[N, H]`` matrix of the batch's ``N`` real tokens (the rows of ``tf.where(padding_mask)``),
 as 2-D matmuls. Only the attention scores and their weighted sum, which need each
-sequence's tokens side by side, run in the padded ``[B, heads, L, L]`` layout: each layer
-scatters its packed queries, keys and values there and gathers the result back.
+sequence's tokens side by side, run in a padded ``[B, heads, S, S]`` layout, ``S`` the
+batch's longest span of real tokens (at most ``L``): each layer scatters its packed
+queries, keys and values there and gathers the result back.
 
 The tower embeds the ``[CLS]`` state only, so the last layer runs its queries, attention
 output and feed-forward network on the ``B`` ``[CLS]`` rows (its keys and values still come
@@ -67,10 +68,10 @@ class _Packing:
     """Where the real tokens of a padded ``[B, L]`` batch are."""
 
     indices: tf.Tensor      # int64 [N, 2]: (row, position) of each real token, row-major
-    key_mask: tf.Tensor     # bool [B, 1, 1, L]: real keys
+    key_mask: tf.Tensor     # bool [B, 1, 1, S]: real keys
     cls_rows: tf.Tensor     # int32 [B]: the row of each sequence's position 0 in [N, ...]
     batch: tf.Tensor        # int32 scalar B
-    length: tf.Tensor       # int32 scalar L
+    length: tf.Tensor       # int32 scalar S: the batch's last real position + 1 (<= L)
 
 
 def _packing(padding_mask: tf.Tensor) -> _Packing:
@@ -78,9 +79,13 @@ def _packing(padding_mask: tf.Tensor) -> _Packing:
     real = tf.cast(padding_mask, tf.bool)  # int (nonzero = real) or bool
     real = tf.logical_or(real, tf.equal(tf.range(shape[1]), 0)[None, :])
     lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
-    return _Packing(indices=tf.where(real), key_mask=real[:, None, None, :],
+    # The attention layout only spans the positions some caption reaches: positions past
+    # every caption's last real token would be masked keys and dropped queries. At least 1
+    # (an empty batch).
+    span = tf.maximum(tf.reduce_max(tf.where(real, tf.range(1, shape[1] + 1)[None, :], 0)), 1)
+    return _Packing(indices=tf.where(real), key_mask=real[:, None, None, :span],
                     cls_rows=tf.math.cumsum(lengths, exclusive=True),
-                    batch=shape[0], length=shape[1])
+                    batch=shape[0], length=span)
 
 
 def _project(x: tf.Tensor, layer: keras.layers.Layer) -> tf.Tensor:

@@ -28,14 +28,17 @@ def _batch(masks: np.ndarray, seed: int = 0) -> dict:
 
 def _masks() -> dict[str, np.ndarray]:
     """Padding patterns of each kind: ragged lengths (1 token to full), no padding at all,
-    holes inside a sequence, and a batch of one."""
+    holes inside a sequence, a batch of one, and a batch none of whose captions reaches the
+    last positions (the attention layout is cut to the longest span), with a hole."""
     lengths = np.array([1, 2, 5, LENGTH, 7, LENGTH - 1])
     ragged = (np.arange(LENGTH)[None, :] < lengths[:, None]).astype("int32")
     holes = ragged.copy()
     holes[3, [2, 5, 6]] = 0
     holes[4, 1] = 0
+    short = ragged[[0, 1, 2, 4]].copy()  # no caption reaches the last positions
+    short[2, 1] = 0
     return {"ragged": ragged, "full": np.ones((3, LENGTH), "int32"), "holes": holes,
-            "one": ragged[2:3]}
+            "one": ragged[2:3], "short": short}
 
 
 def _both(tower, inputs, fn):
