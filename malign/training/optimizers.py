@@ -84,7 +84,6 @@ def _row_moments(m_var, v_var, rows, sums, squares, one_minus_beta_1, one_minus_
             v_rows + (squares - v_rows) * one_minus_beta_2)
 
 
-@tf.function(jit_compile=True, autograph=False)
 def _fused_moments(m_var, v_var, rows, m_rows, v_rows, g_dense, one_minus_beta_1,
                    one_minus_beta_2):
     """Keras' moment updates ``m + (g - m) * (1 - beta_1)``, ``v + (g^2 - v) * (1 - beta_2)``, in place.
@@ -133,7 +132,6 @@ def _sum_of_squares(fn, rows: int, row_size: int):
     return total
 
 
-@tf.function(jit_compile=True, autograph=False)
 def _fused_lamb_apply(variable, m_var, v_var, lr, decay, beta_1_power, beta_2_power, epsilon):
     """LAMB's trust ratio ||decayed w|| / ||update|| and step with weight decay, in place."""
     w, m, v = (tf.reshape(x.read_value(), [x.shape[0], -1]) if x.shape.rank else
@@ -150,7 +148,6 @@ def _fused_lamb_apply(variable, m_var, v_var, lr, decay, beta_1_power, beta_2_po
     variable.assign(_decayed(variable.read_value(), lr, decay) - ratio * lr * update)
 
 
-@tf.function(jit_compile=True, autograph=False)
 def _fused_adam_apply(variable, m_var, v_var, lr, decay, alpha, epsilon):
     """Adam's step with decoupled weight decay, in place."""
     m = m_var.read_value()
@@ -239,16 +236,29 @@ class _FusedLargeVariableUpdates:
             rows, sums, squares = _unique_rows(gradient)
             m_rows, v_rows = _row_moments(m_var, v_var, rows, sums, squares, one_minus_beta_1,
                                           one_minus_beta_2)
-            _fused_moments(m_var, v_var, rows, m_rows, v_rows, None, one_minus_beta_1,
+            self._compiled(_fused_moments)(m_var, v_var, rows, m_rows, v_rows, None, one_minus_beta_1,
                            one_minus_beta_2)
         else:
-            _fused_moments(m_var, v_var, None, None, None, gradient, one_minus_beta_1,
+            self._compiled(_fused_moments)(m_var, v_var, None, None, None, gradient, one_minus_beta_1,
                            one_minus_beta_2)
         decay = 0.0
         if self.weight_decay is not None and self._use_weight_decay(variable):
             decay = self.weight_decay
         return dict(variable=_local_variable(variable), m_var=m_var, v_var=v_var,
                     decay=tf.cast(decay, dtype), epsilon=tf.constant(self.epsilon, dtype))
+
+    def _compiled(self, fn):
+        """``fn`` as this optimizer's own XLA-compiled ``tf.function``.
+
+        One per optimizer, not one per module: a module-level function kept the traces
+        of an earlier optimizer's variables, and after a run under a multi-replica
+        strategy the next optimizer's call in the same process failed ("a function
+        referencing variables which have been deleted"; tests/test_distributed.py).
+        """
+        cache = self.__dict__.setdefault("_compiled_fns", {})
+        if fn not in cache:
+            cache[fn] = tf.function(fn, jit_compile=True, autograph=False)
+        return cache[fn]
 
     def _applies_kernel(self, gradient, variable) -> bool:
         """Whether ``variable`` is updated by TensorFlow's optimizer kernel (subclasses)."""
@@ -364,7 +374,7 @@ class FusedLamb(_SkipNonFiniteUpdates, _FusedLargeVariableUpdates, keras.optimiz
     """
 
     def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
-        _fused_lamb_apply(lr=lr, beta_1_power=beta_1_power, beta_2_power=beta_2_power, **state)
+        self._compiled(_fused_lamb_apply)(lr=lr, beta_1_power=beta_1_power, beta_2_power=beta_2_power, **state)
 
 
 @keras.saving.register_keras_serializable(package="malign")
@@ -388,7 +398,7 @@ class FusedAdamW(_SkipNonFiniteUpdates, _FusedLargeVariableUpdates, keras.optimi
 
     def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
         alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        _fused_adam_apply(lr=lr, alpha=alpha, **state)
+        self._compiled(_fused_adam_apply)(lr=lr, alpha=alpha, **state)
 
     def _applies_kernel(self, gradient, variable) -> bool:
         # On CPU every dense gradient below the fused size; GPU/TPU steps are XLA-compiled
