@@ -232,15 +232,14 @@ class _FusedLargeVariableUpdates:
         one_minus_beta_1 = tf.constant(1 - self.beta_1, dtype)
         one_minus_beta_2 = tf.constant(1 - self.beta_2, dtype)
         gradient = tf.cast(gradient, dtype)
+        moments = self._compiled(_fused_moments)
         if isinstance(gradient, tf.IndexedSlices):
             rows, sums, squares = _unique_rows(gradient)
             m_rows, v_rows = _row_moments(m_var, v_var, rows, sums, squares, one_minus_beta_1,
                                           one_minus_beta_2)
-            self._compiled(_fused_moments)(m_var, v_var, rows, m_rows, v_rows, None, one_minus_beta_1,
-                           one_minus_beta_2)
+            moments(m_var, v_var, rows, m_rows, v_rows, None, one_minus_beta_1, one_minus_beta_2)
         else:
-            self._compiled(_fused_moments)(m_var, v_var, None, None, None, gradient, one_minus_beta_1,
-                           one_minus_beta_2)
+            moments(m_var, v_var, None, None, None, gradient, one_minus_beta_1, one_minus_beta_2)
         decay = 0.0
         if self.weight_decay is not None and self._use_weight_decay(variable):
             decay = self.weight_decay
@@ -374,7 +373,8 @@ class FusedLamb(_SkipNonFiniteUpdates, _FusedLargeVariableUpdates, keras.optimiz
     """
 
     def _fused_step(self, lr, beta_1_power, beta_2_power, state) -> None:
-        self._compiled(_fused_lamb_apply)(lr=lr, beta_1_power=beta_1_power, beta_2_power=beta_2_power, **state)
+        self._compiled(_fused_lamb_apply)(lr=lr, beta_1_power=beta_1_power,
+                                          beta_2_power=beta_2_power, **state)
 
 
 @keras.saving.register_keras_serializable(package="malign")
